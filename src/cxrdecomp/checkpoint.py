@@ -1,0 +1,126 @@
+"""Checkpoint folders: ``model.safetensors`` + ``config.json`` + ``MODEL_CARD.md``.
+
+``config.json`` rebuilds the model without code changes::
+
+    {"method": "bone_unet",            # a name in cxrdecomp.models.registry
+     "model": {...},                   # keyword arguments of the method's builder
+     "input_size": 512,                # square size the model runs at
+     "inference": {...},               # method defaults (weights w, w_s, steps ...)
+     "training": {...}, "metrics": {...}, "cxrdecomp_version": "0.1.0"}
+
+Bundled default checkpoints live in ``cxrdecomp/pretrained/<name>/`` and are found by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cxrdecomp.errors import CheckpointError
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+CARD = "MODEL_CARD.md"
+
+
+def available_pretrained() -> list[str]:
+    """Names of the bundled default checkpoints."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG).is_file())
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """Folder of a checkpoint given a bundled name (``"bone"``) or a path.
+
+    Raises:
+        CheckpointError: neither a bundled name nor a folder holding ``config.json`` and weights.
+    """
+    p = Path(name_or_path).expanduser()
+    if not p.exists() and (PRETRAINED_DIR / str(name_or_path)).is_dir():
+        p = PRETRAINED_DIR / str(name_or_path)
+    if not p.is_dir():
+        raise CheckpointError(
+            f"no checkpoint {str(name_or_path)!r}: give a checkpoint folder or one of the bundled names "
+            f"{available_pretrained()}"
+        )
+    for f in (CONFIG, WEIGHTS):
+        if not (p / f).is_file():
+            raise CheckpointError(f"checkpoint folder {p} has no {f}; it was not written by cxrdecomp or is incomplete")
+    return p
+
+
+def load_config(folder: str | os.PathLike) -> dict[str, Any]:
+    p = resolve(folder)
+    try:
+        cfg = json.loads((p / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p / CONFIG} is not valid JSON: {e}") from e
+    if "method" not in cfg:
+        raise CheckpointError(f"{p / CONFIG} names no 'method'")
+    return cfg
+
+
+def load(name_or_path: str | os.PathLike, map_location: str = "cpu"):
+    """Rebuild a model from a checkpoint folder.
+
+    Returns:
+        ``(model, config)``: the ``torch.nn.Module`` in eval mode and the parsed ``config.json``.
+
+    Raises:
+        CheckpointError: missing files, unknown method, or weights that do not fit the config.
+    """
+    from safetensors.torch import load_file
+
+    from cxrdecomp.models import registry
+
+    folder = resolve(name_or_path)
+    cfg = load_config(folder)
+    model = registry.build_model(cfg["method"], **cfg.get("model", {}))
+    state = load_file(str(folder / WEIGHTS), device=map_location)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {folder} do not fit the model described by its config.json: {e}") from e
+    model.eval()
+    return model, cfg
+
+
+def save(folder: str | os.PathLike, model, config: dict[str, Any], card: str) -> Path:
+    """Write a checkpoint folder atomically (a temporary folder renamed when complete).
+
+    Weights are stored in float32 unless ``config["dtype"] == "float16"`` (halves the size).
+    Tensors that share memory are stored once each (cloned).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from cxrdecomp import __version__
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    config = {**config, "cxrdecomp_version": __version__}
+    dtype = torch.float16 if config.get("dtype") == "float16" else None
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().clone().contiguous()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / CARD).write_text(card)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
