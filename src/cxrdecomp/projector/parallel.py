@@ -1,0 +1,38 @@
+"""Parallel-beam projection of attenuation volumes (the DRR of the bone-extraction paper, §2.1).
+
+Conventions: volumes are ``(X, Y, Z)`` in RAS orientation (Y = anterior–posterior), attenuation µ
+in cm⁻¹, spacing in mm. A posterior–anterior (PA) or anterior–posterior (AP) parallel projection
+along Y gives a ``(Z, X)`` image; rows run head (top) to feet, columns run patient right to left as
+seen from the front (radiological convention: patient's right on the image's left for PA display).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def line_integral_ap(mu: torch.Tensor, spacing_y_mm: float) -> torch.Tensor:
+    """Line integrals ∫µ dl along the anterior–posterior axis (attenuation domain, unitless).
+
+    Args:
+        mu: ``(X, Y, Z)`` or ``(B, X, Y, Z)`` attenuation in cm⁻¹.
+        spacing_y_mm: voxel size along Y in mm.
+
+    Returns:
+        ``(Z, X)`` or ``(B, Z, X)`` tensor ``Σ_y µ·Δy`` with Δy in cm, rows head→feet
+        (superior at the top), columns patient-right → patient-left (radiological display).
+
+    Shape:
+        Input ``(..., X, Y, Z)`` → Output ``(..., Z, X)``.
+    """
+    s = mu.sum(dim=-2) * (spacing_y_mm / 10.0)  # (..., X, Z)
+    # RAS: X grows to patient-left, Z to superior. Display rows top = superior, left column = patient right.
+    return s.transpose(-1, -2).flip(-2)
+
+
+def mean_ap(mu: torch.Tensor) -> torch.Tensor:
+    """Mean of µ over the N voxels of each anterior–posterior ray (bone-extraction paper Eq. 2).
+
+    Shape: ``(..., X, Y, Z)`` → ``(..., Z, X)``, same orientation as :func:`line_integral_ap`.
+    """
+    return mu.mean(dim=-2).transpose(-1, -2).flip(-2)
