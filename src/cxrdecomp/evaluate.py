@@ -314,8 +314,10 @@ def run_evaluation(samples: Iterable[Sample], out: str | os.PathLike, *, label: 
             mask = s.mask
             if mask is not None and mask.shape != s.truth.shape:
                 mask = _resize(mask, s.truth.shape, nearest=True)
+            same = s.pred is not None and s.pred is s.image
+            sc = None
             for src, p in ((label, pred), (IDENTITY, s.image)):
-                sc = score_images(p, s.truth, s.image, mask)
+                sc = sc if (same and sc is not None) else score_images(p, s.truth, s.image, mask)
                 rows.append({"name": s.name, "prediction": src, **sc, "notes": "; ".join(s.notes) if src == label else ""})
                 for k, v in sc.items():
                     per[src].setdefault(k, []).append(v)
