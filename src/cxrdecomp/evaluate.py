@@ -700,6 +700,14 @@ def write_results_page(path: str | os.PathLike = "docs/results.md", *, pairs: st
         except CxrdecompError as e:
             skipped.append(f"`{name}`: {e}")
     n = ident["n_images"]
+    base = Path(path).resolve().parent.parent  # the repository root for docs/results.md
+
+    def rel(p) -> str:
+        try:
+            return os.path.relpath(Path(p).resolve(), base)
+        except ValueError:
+            return str(p)
+
     L = [
         "# Results",
         "",
@@ -713,7 +721,7 @@ def write_results_page(path: str | os.PathLike = "docs/results.md", *, pairs: st
         "",
         f"## Real pairs: bse-jsrt/val ({n} pairs, 1024², 8-bit PNG)",
         "",
-        f"Data: `{pairs}` (JSRT radiographs with BSE-JSRT soft-tissue images; ribs removed only inside the lung "
+        f"Data: `{rel(pairs)}` (JSRT radiographs with BSE-JSRT soft-tissue images; ribs removed only inside the lung "
         "fields, clavicles kept).",
         "",
         *_table(real_rows),
@@ -726,14 +734,14 @@ def write_results_page(path: str | os.PathLike = "docs/results.md", *, pairs: st
         L += ["Not scored here: " + "; ".join(skipped), ""]
     L += ["## Held-out simulated pairs", ""]
     if sim_rows:
-        L += [f"Data: `{simulated}` (held-out poses / CTs written by `cxrdecomp simulate`).", "", *_table(sim_rows), ""]
+        L += [f"Data: `{rel(simulated)}` (held-out poses / CTs written by `cxrdecomp simulate`).", "", *_table(sim_rows), ""]
     else:
         L += ["Not run: regenerate with `python scripts/results.py --simulated SIMDIR` once held-out simulated pairs "
               "exist (`cxrdecomp simulate ...`).", ""]
     L += ["## Published numbers (not measured here)", "",
           "| paper | target | published | data and definitions differ how |", "|---|---|---|---|"]
     L += [f"| {p['paper']} | {p['task']} | {p['numbers']} | {p['data']} |" for p in PUBLISHED]
-    L += ["", "Per-image values, summaries and figure grids: `" + str(work) + "/<method>/`.", ""]
+    L += ["", "Per-image values, summaries and figure grids: `" + rel(work) + "/<method>/` (not committed).", ""]
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(L))
