@@ -42,6 +42,7 @@ def evaluate_cmd(
     pred: Optional[Path] = typer.Option(None, "--pred", help="Score another tool's soft-tissue images (same file names as cxr/)."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Optional lung-mask folder (same names): adds lung-field metrics."),
     simulated: Optional[Path] = typer.Option(None, "--simulated", help="Held-out simulated pairs written by `cxrdecomp simulate`."),
+    split: Optional[str] = typer.Option(None, "--split", help="With --simulated: 'val' (held-out poses, default), 'all', or 'ct:I,J' (held-out CTs)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (per_image.csv, summary.json, grid.png); with --results the page path."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     save_pred: bool = typer.Option(False, "--save-pred", help="Also write the method's predictions as 16-bit PNGs in OUT/pred/."),
@@ -60,7 +61,7 @@ def evaluate_cmd(
     if (pairs is None) == (simulated is None):
         raise ConfigError("give exactly one of --pairs DIR or --simulated SIMDIR")
     if simulated is not None:
-        s = ev.evaluate_simulated(simulated, out, method=method, checkpoint=checkpoint, device=device)
+        s = ev.evaluate_simulated(simulated, out, method=method, checkpoint=checkpoint, split=split, device=device)
     else:
         s = ev.evaluate_pairs(pairs, out, method=method, checkpoint=checkpoint, pred_dir=pred, mask_dir=masks,
                               device=device, save_pred=save_pred)

@@ -433,7 +433,9 @@ def _pick(d: dict, keys) -> np.ndarray | None:
 def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tuple[list[str], Callable[[], Iterator[Sample]], list[str]]:
     """Held-out simulated pairs written by ``cxrdecomp simulate`` (display domain).
 
-    Generic over how the arrays are stored, so it keeps working while the simulator's format settles:
+    The folder written by ``cxrdecomp simulate`` (``samples/NAME.npy`` line integrals + ``NAME.json``) is
+    read as described in :func:`_iter_simulate_folder` (``split``: ``"val"`` held-out poses, ``"all"``,
+    ``"ct:I,J"`` held-out CTs). Other layouts of display-domain arrays are accepted too:
 
     * ``SIMDIR/NAME.npz`` with an input array (``drr``/``cxr``/``image``/``input``) and a ``soft``
       (``soft_tissue``) array, optional ``lung_mask``;
@@ -444,7 +446,8 @@ def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tupl
     ``split`` column, only held-out rows (``split`` as given, else test/val/held_out) are scored;
     records name their sample by ``name``/``id``/``sample``.
 
-    TODO(simulate): pin this to the simulator's documented format once issue 2 §4 lands on main.
+    The simulate layout was read from the bone helper's branch (cxrdecomp.simulate.generate); re-check
+    it after the merge.
 
     Raises:
         DataNotFoundError: nothing recognisable in ``sim_dir``.
@@ -452,6 +455,8 @@ def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tupl
     root = Path(sim_dir)
     if not root.is_dir():
         raise DataNotFoundError(f"simulated-data folder {root} does not exist; write one with `cxrdecomp simulate`")
+    if (root / "samples").is_dir() and any((root / "samples").glob("*.npy")):
+        return _iter_simulate_folder(root, split)
     loaders: dict[str, Callable[[], dict]] = {}
     for p in sorted(root.glob("*.npz")):
         loaders[p.stem] = (lambda p=p: dict(np.load(p, allow_pickle=False)))
@@ -494,6 +499,63 @@ def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tupl
                     f"simulated sample {n}: input spans {img.min():.3g}..{img.max():.3g}, not the display domain [0, 1]"
                 )
             yield Sample(n, img, soft, _pick(d, SIM_MASK_KEYS))
+
+    return names, gen, notes
+
+
+def _split_names(root: Path, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The train/validation split the bone trainer uses (``cxrdecomp.data.datasets.split_names``);
+    replicated here when that module is not available."""
+    try:
+        from cxrdecomp.data.datasets import split_names
+
+        return split_names(root, val_fraction, seed)
+    except ImportError:
+        names = sorted(p.stem for p in (root / "samples").glob("*.npy") if p.with_suffix(".json").is_file())
+        perm = np.random.default_rng(seed).permutation(len(names))
+        n_val = max(1, int(round(val_fraction * len(names)))) if len(names) > 1 else 0
+        val = sorted(names[i] for i in perm[:n_val])
+        return sorted(names[i] for i in perm[n_val:]) or val, val
+
+
+def _iter_simulate_folder(root: Path, split: str | None):
+    """Samples of a ``cxrdecomp simulate`` folder: ``samples/NAME.npy`` ``(3, S, S)`` float32 line integrals
+    ``[total, bone, soft]`` (attenuation domain) + ``samples/NAME.json`` (``ct_index``, pose, ...).
+
+    Display domain as the trainer defines it without augmentation: per-image window ``lo, hi`` = 0.5 % and
+    99.5 % quantiles of the total line integrals, ``I = (L − lo)/(hi − lo)``, ``S = (L_soft − lo)/(hi − lo)``,
+    both clipped to ``[0, 1]``. ``split``: ``None``/``"val"`` = the trainer's held-out poses
+    (``split_names``: 10 %, seed 0), ``"all"``, or ``"ct:0,3"`` = every sample of those CT indices
+    (held-out CTs, when the model was trained without them).
+    """
+    done = sorted(p.stem for p in (root / "samples").glob("*.npy") if p.with_suffix(".json").is_file())
+    notes = []
+    if split in (None, "val"):
+        names = _split_names(root)[1]
+        notes.append(f"held-out poses: the trainer's validation split ({len(names)} of {len(done)} samples)")
+    elif split == "all":
+        names = done
+    elif split.startswith("ct:"):
+        want = {int(x) for x in split[3:].split(",") if x.strip()}
+        names = [n for n in done if int(json.loads((root / "samples" / f"{n}.json").read_text()).get("ct_index", -1)) in want]
+        notes.append(f"held-out CTs {sorted(want)}: {len(names)} samples")
+    else:
+        raise ConfigError(f"split must be 'val', 'all' or 'ct:I,J', not {split!r}")
+    if not names:
+        raise DataNotFoundError(f"no finished simulated samples selected in {root}/samples (split {split!r})")
+
+    def gen() -> Iterator[Sample]:
+        for n in names:
+            arr = np.load(root / "samples" / f"{n}.npy").astype(np.float64)
+            if arr.ndim != 3 or arr.shape[0] != 3:
+                raise InputError(f"{root}/samples/{n}.npy: expected (3, S, S) [total, bone, soft], got {arr.shape}")
+            total, soft = arr[0], arr[2]
+            flat = total.ravel()[:: max(1, total.size // 65536 + 1)] if total.size > 65536 else total.ravel()
+            lo, hi = np.quantile(flat, [0.005, 0.995])
+            hi = max(hi, lo + 1e-6)
+            img = np.clip((total - lo) / (hi - lo), 0, 1).astype(np.float32)
+            sft = np.clip((soft - lo) / (hi - lo), 0, 1).astype(np.float32)
+            yield Sample(n, img, sft)
 
     return names, gen, notes
 
