@@ -75,10 +75,15 @@ def test_bone_branch_absent_at_inference():
     out = predict_dae(mod.net.eval(), torch.rand(1, 1, 64, 64), {})
     assert set(out) == {"soft_tissue"} and out["soft_tissue"].shape == (1, 1, 64, 64)
     assert calls == []
+
+
+def test_exported_inference_module_has_no_bone_branch():
+    net = build_dae(base=4).eval()  # what a checkpoint rebuilds
     x = torch.rand(1, 1, 64, 64)
-    exported = torch.export.export(mod.net.eval(), (x,))
+    exported = torch.export.export(net, (x,))
     assert exported.state_dict and not any("seg" in k for k in exported.state_dict)
-    torch.testing.assert_close(exported.module()(x), mod.net(x))
+    assert set(exported.state_dict) == set(net.state_dict())
+    torch.testing.assert_close(exported.module()(x), net(x))
 
 
 # --- loss ----------------------------------------------------------------------------------------
@@ -240,3 +245,34 @@ def test_smoke_training_run_on_bse_jsrt(tmp_path):
     assert dec.config["training"]["variant"] == "dae-msssim"
     assert "val/bsr" in dec.config["metrics"]
     assert (tmp_path / "run" / "last.ckpt").is_file()
+
+
+def _write_pairs(root, n=2, s=64):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for i in range(n):
+            cxr, soft = _pair(b=1, s=s, seed=i)
+            for kind, t in (("cxr", cxr), ("soft", soft)):
+                (root / split / kind).mkdir(parents=True, exist_ok=True)
+                Image.fromarray((t[0, 0].numpy() * 255).round().astype(np.uint8)).save(root / split / kind / f"P{i}.png")
+
+
+def test_train_mixing_simulated_pairs_and_resume(tmp_path):
+    from cxrdecomp.infer import Decomposer
+
+    _write_pairs(tmp_path / "pairs")
+    (tmp_path / "sim").mkdir()
+    x = np.random.default_rng(0).random((80, 80), dtype=np.float32) * 3
+    np.savez(tmp_path / "sim" / "s0.npz", drr=x, soft=0.8 * x)
+    opts = dae_mod.DAETrainOptions(out=tmp_path / "run", variant="ae-msssim", data=tmp_path / "pairs", size=64, epochs=1,
+                                   batch_size=2, base=4, accelerator="cpu", progress=False, sim_data=tmp_path / "sim")
+    folder = dae_mod.train_dae(opts)
+    cfg = Decomposer.from_pretrained(folder, device="cpu").config
+    assert cfg["method"] == "ae" and "mixed with 1 simulated pairs" in cfg["training"]["data"]
+    assert cfg["training"]["global_step"] == 2  # 3 pairs, batch 2
+    opts.epochs = 2
+    dae_mod.train_dae(opts)  # resumes from last.ckpt and trains one more epoch
+    import json
+
+    assert json.loads((folder / "config.json").read_text())["training"]["global_step"] > 2

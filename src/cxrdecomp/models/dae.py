@@ -285,7 +285,7 @@ class SimulatedPairs(torch.utils.data.Dataset):
       are mapped to the display domain by one affine map per sample, ``(v − min(x)) / (max(x) − min(x))``
       applied to both, which keeps ``x − soft`` proportional to the bone layer.
 
-    Items are ``{"cxr", "soft", "name"}`` with ``(1, S, S)`` float32 tensors (resized to ``size``).
+    Items are ``{"cxr", "soft", "bone", "name"}`` (as :class:`~cxrdecomp.data.pairs.PairedImages`) with ``(1, S, S)`` float32 tensors (resized to ``size``).
 
     Raises:
         DataNotFoundError: the folder holds none of these.
@@ -358,7 +358,7 @@ class SimulatedPairs(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> dict:
-        return {"cxr": self.cxr[i], "soft": self.soft[i], "name": self.names[i]}
+        return {"cxr": self.cxr[i], "soft": self.soft[i], "bone": self.cxr[i] - self.soft[i], "name": self.names[i]}
 
 
 # ---------------------------------------------------------------------------------------------
