@@ -276,3 +276,17 @@ def test_train_mixing_simulated_pairs_and_resume(tmp_path):
     import json
 
     assert json.loads((folder / "config.json").read_text())["training"]["global_step"] > 2
+
+
+def test_simulated_pairs_from_simulate_output(tmp_path):
+    (tmp_path / "samples").mkdir()
+    rng = np.random.default_rng(0)
+    soft = rng.random((64, 64), dtype=np.float32) * 4
+    bone = np.zeros_like(soft)
+    bone[20:30] = 1.0
+    np.save(tmp_path / "samples" / "ct000_s00000.npy", np.stack([soft + bone, bone, soft]))
+    (tmp_path / "samples" / "ct000_s00000.json").write_text("{}")
+    item = SimulatedPairs(tmp_path, size=64)[0]
+    assert item["cxr"].shape == item["soft"].shape == (1, 64, 64)
+    d = item["bone"][0]
+    assert d[20:30].mean() > 5 * d[40:].abs().mean()  # the bone layer is where the bone was

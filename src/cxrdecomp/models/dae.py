@@ -279,13 +279,18 @@ class SimulatedPairs(torch.utils.data.Dataset):
     Accepted layouts (checked in this order):
 
     * ``DIR/cxr/*.png`` + ``DIR/soft/*.png`` (the BSE-JSRT layout, display domain);
+    * ``DIR/samples/*.npy`` written by ``cxrdecomp simulate`` (``(3, S, S)`` line integrals
+      ``[total, bone, soft]``, attenuation domain): read through
+      ``cxrdecomp.data.datasets.SimulatedPairs`` (its display mapping and augmentations) when that module
+      exists, else mapped here with the same linear window (0.5–99.5 % quantiles of the total);
     * ``DIR/**/*.npz`` or ``DIR/**/*.pt`` files, one sample each, holding an input array under one of
       ``SIM_INPUT_KEYS`` and a soft-tissue array under one of ``SIM_SOFT_KEYS``, ``(H, W)`` or
       ``(1, H, W)``. Arrays outside ``[0, 1]`` (e.g. attenuation-domain line integrals, bone bright)
       are mapped to the display domain by one affine map per sample, ``(v − min(x)) / (max(x) − min(x))``
       applied to both, which keeps ``x − soft`` proportional to the bone layer.
 
-    Items are ``{"cxr", "soft", "bone", "name"}`` (as :class:`~cxrdecomp.data.pairs.PairedImages`) with ``(1, S, S)`` float32 tensors (resized to ``size``).
+    Items are ``{"cxr", "soft", "bone", "name"}`` (as :class:`~cxrdecomp.data.pairs.PairedImages`) with
+    ``(1, S, S)`` float32 tensors (resized to ``size``), display domain.
 
     Raises:
         DataNotFoundError: the folder holds none of these.
@@ -294,6 +299,7 @@ class SimulatedPairs(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, size: int = 512):
         root = Path(root)
         self.size = size
+        self.wrapped = None
         if (root / "cxr").is_dir() and (root / "soft").is_dir():
             from cxrdecomp.data.pairs import PairedImages
 
@@ -301,11 +307,36 @@ class SimulatedPairs(torch.utils.data.Dataset):
             self.cxr, self.soft = ds.cxr, ds.soft
             self.names = [p[0].stem for p in ds.pairs]
             return
+        npys = sorted((root / "samples").glob("*.npy")) if (root / "samples").is_dir() else []
+        if npys:
+            try:
+                from cxrdecomp.data.datasets import SimulatedPairs as _SimulateOutput  # bone-decomposition issue
+            except ImportError:
+                _SimulateOutput = None
+            if _SimulateOutput is not None:
+                self.wrapped = _SimulateOutput(root, size=size, augment=True)
+                self.names = [p.stem for p in self.wrapped.files]
+                return
+            cxrs, softs = [], []
+            for f in npys:
+                import numpy as np
+
+                a = torch.from_numpy(np.load(f).astype("float32"))
+                total, soft = a[0], a[2]
+                flat = total.flatten()[:: max(1, total.numel() // 65536)]
+                lo, hi = torch.quantile(flat, 0.005), torch.quantile(flat, 0.995)
+                scale = (hi - lo).clamp_min(1e-6)
+                cxrs.append(self._resize(((total - lo) / scale).clamp(0, 1)))
+                softs.append(self._resize((soft - lo) / scale))
+            self.cxr, self.soft = torch.stack(cxrs), torch.stack(softs)
+            self.names = [f.stem for f in npys]
+            return
         files = sorted([*root.rglob("*.npz"), *root.rglob("*.pt")]) if root.is_dir() else []
         if not files:
             raise DataNotFoundError(
-                f"no simulated pairs in {root}: expected cxr/ + soft/ image folders or *.npz / *.pt files "
-                f"with an input ({', '.join(SIM_INPUT_KEYS)}) and a soft-tissue ({', '.join(SIM_SOFT_KEYS)}) array"
+                f"no simulated pairs in {root}: expected cxr/ + soft/ image folders, samples/*.npy from "
+                f"`cxrdecomp simulate`, or *.npz / *.pt files with an input ({', '.join(SIM_INPUT_KEYS)}) "
+                f"and a soft-tissue ({', '.join(SIM_SOFT_KEYS)}) array"
             )
         cxrs, softs = [], []
         for f in files:
@@ -358,7 +389,12 @@ class SimulatedPairs(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> dict:
-        return {"cxr": self.cxr[i], "soft": self.soft[i], "bone": self.cxr[i] - self.soft[i], "name": self.names[i]}
+        if self.wrapped is not None:
+            d = self.wrapped[i]
+            cxr, soft = d["x"].float(), d["soft"].float()
+        else:
+            cxr, soft = self.cxr[i], self.soft[i]
+        return {"cxr": cxr, "soft": soft, "bone": cxr - soft, "name": self.names[i]}
 
 
 # ---------------------------------------------------------------------------------------------
