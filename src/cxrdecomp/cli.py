@@ -30,6 +30,51 @@ def data_fetch() -> None:
 
 # --- simulate (issue: bone decomposition §4) -------------------------------------------------
 # --- train ------------------------------------------------------------------------------------
+# --- train-dae (issue 6: disentanglement autoencoder; the lead may fold it into `train`) -------
+
+
+@app.command("train-dae")
+def train_dae_cmd(
+    out: Path = typer.Option(Path("runs/dae"), "-o", "--out", help="Run folder: last.ckpt (resume), logs/, model/."),
+    variant: str = typer.Option("dae-msssim", help="dae-msssim (default) | dae | ae-msssim | ae (Table 1 ablation)."),
+    data: Optional[Path] = typer.Option(None, help="Folder with train/ and val/ pairs (cxr/, soft/); default ../shared/data/bse-jsrt."),
+    size: int = typer.Option(512, help="Model input size (square, divisible by 4)."),
+    epochs: int = typer.Option(100, help="Training epochs."),
+    max_steps: int = typer.Option(-1, help="Stop after this many optimiser steps (-1: no limit)."),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(1e-3, help="Adam learning rate (cosine-annealed to 1 %)."),
+    lambda_mse: float = typer.Option(1.0, help="λ_m, weight of the MSE term (Eq. 1)."),
+    lambda_seg: float = typer.Option(0.1, help="λ_s, weight of the bone-mask BCE term (Eq. 1)."),
+    mask_threshold: float = typer.Option(4 / 255, help="Bone mask: (cxr − soft) > threshold, display domain."),
+    base: int = typer.Option(16, help="Channels of the first encoder layer (16 → 64 feature channels)."),
+    residual: bool = typer.Option(True, "--residual/--direct", help="Predict the bone layer and subtract it (default) or the soft tissue directly (paper)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    sim_data: Optional[Path] = typer.Option(None, help="Folder of simulated pairs to mix in or pre-train on."),
+    sim_mode: str = typer.Option("mix", help="mix | pretrain (with --sim-data)."),
+    sim_epochs: int = typer.Option(20, help="Pre-training epochs on --sim-data (sim-mode pretrain)."),
+    limit_pairs: int = typer.Option(0, help="Use only the first N train/val pairs (smoke runs; 0 = all)."),
+    accelerator: str = typer.Option("auto", help="auto | cpu | gpu."),
+    devices: int = typer.Option(1),
+    precision: Optional[str] = typer.Option(None, help="Lightning precision, e.g. bf16-mixed."),
+    max_minutes: Optional[float] = typer.Option(None, help="Time budget of the run (minutes, resumes included): stop after the epoch that reaches it; the LR schedule ends with it."),
+    num_workers: int = typer.Option(0),
+    seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the disentanglement autoencoder (or an AE baseline) on paired radiographs; resumable."""
+    from cxrdecomp.models.dae import DAETrainOptions, train_dae
+
+    folder = train_dae(DAETrainOptions(
+        out=out, variant=variant, data=data, size=size, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        lr=lr, lambda_mse=lambda_mse, lambda_seg=lambda_seg, mask_threshold=mask_threshold, base=base,
+        residual=residual, augment=augment, sim_data=sim_data, sim_mode=sim_mode, sim_epochs=sim_epochs,
+        limit_pairs=limit_pairs, accelerator=accelerator, devices=devices, precision=precision,
+        num_workers=num_workers, seed=seed, progress=progress, max_minutes=max_minutes,
+    ))
+    typer.echo(str(folder))
+
+
+# --- end train-dae ----------------------------------------------------------------------------
 # --- decompose --------------------------------------------------------------------------------
 # --- evaluate ---------------------------------------------------------------------------------
 

@@ -27,11 +27,14 @@ from cxrdecomp.errors import CheckpointError
 # method name -> "module:builder_function:predict_function"
 METHODS: dict[str, str] = {
     "bone_unet": "cxrdecomp.models.unet:build_bone_unet:predict_bone",
+    "dae": "cxrdecomp.models.dae:build_dae:predict_dae",  # disentanglement autoencoder (issue 6)
+    "ae": "cxrdecomp.models.dae:build_dae:predict_dae",  # its plain-autoencoder ablation baselines
 }
 
 # short names accepted by the CLI's --method -> bundled checkpoint name
 DEFAULT_CHECKPOINT: dict[str, str] = {
     "bone": "bone",
+    "dae": "dae",
 }
 
 
