@@ -194,6 +194,17 @@ def test_png_8_and_16_bit(tmp_path):
     assert np.abs(read_radiograph(tmp_path / "a8.jpg").image - a8 / 255.0).mean() < 0.01
 
 
+def test_png16_writer_roundtrip(tmp_path):
+    """cxrdecomp's own 16-bit PNG encoder (io.images) reads back bit-exactly (Pillow and read_radiograph)."""
+    from cxrdecomp.io.images import write_png16
+
+    a = np.random.default_rng(3).integers(0, 65536, (37, 53)).astype(np.uint16)
+    a[0, 0] = 65535
+    write_png16(tmp_path / "r.png", a)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "r.png")), a)
+    np.testing.assert_allclose(read_radiograph(tmp_path / "r.png").image, a / 65535.0, atol=1e-7)
+
+
 def test_colour_image_converted_with_warning(tmp_path):
     a8 = phantom(bits=8).astype(np.uint8)
     rgb = np.stack([a8, a8 // 2, a8], axis=-1)

