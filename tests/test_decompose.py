@@ -170,3 +170,22 @@ def test_console_script_exit_code(tmp_path):
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("cxrdecomp: error: no checkpoint")
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_command_and_path_input(tiny_ckpt, tmp_path, monkeypatch):
+    """``cxrdecomp demo`` decomposes RG1_UNCI.dcm with the default bone model (here: the tiny one)."""
+    from typer.testing import CliRunner
+
+    from cxrdecomp.cli import app
+    from cxrdecomp.models import registry
+
+    src = cached_example("RG1_UNCI.dcm")
+    monkeypatch.setitem(registry.DEFAULT_CHECKPOINT, "bone", str(tiny_ckpt))
+    res = CliRunner().invoke(app, ["demo", "-o", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    index = Path(res.stdout.strip().splitlines()[-1])
+    assert index == (tmp_path / "demo" / "index.html").resolve() and index.is_file()
+    assert (tmp_path / "demo" / "RG1_UNCI" / "soft_tissue.dcm").is_file()
+    # Python API on a file path == on the read image
+    dec = Decomposer.from_pretrained(tiny_ckpt, device="cpu")
+    assert torch.equal(dec(src).bone, dec(read_radiograph(src).image).bone)
