@@ -143,10 +143,11 @@ def test_png_input_gets_new_study_and_failures_write_nothing(tiny, tmp_path):
     ct.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
     logs: list[str] = []
     out = tmp_path / "out"
-    res = decompose_files([tmp_path / "in", tmp_path / "missing.dcm"], out, tiny, progress=False, log=logs.append)
-    assert [r.ok for r in res] == [False, False, True, False, False]  # folder sorted, then the missing file
+    (tmp_path / "emptydir").mkdir()
+    res = decompose_files([tmp_path / "in", tmp_path / "missing.dcm", tmp_path / "emptydir"], out, tiny, progress=False, log=logs.append)
+    assert [r.ok for r in res] == [False, False, True, False, False, False]  # folder sorted, then the others
     assert sorted(p.name for p in out.iterdir()) == ["chest", "index.html"]
-    assert len([s for s in logs if not s.startswith("warning")]) == 4
+    assert len([s for s in logs if not s.startswith("warning")]) == 5 and "no DICOM" in logs[-1]
     ds = pydicom.dcmread(out / "chest" / "soft_tissue.dcm")
     ds2 = pydicom.dcmread(out / "chest" / "bone.dcm")
     assert ds.PatientID.startswith("CXRDECOMP-") and ds.StudyInstanceUID == ds2.StudyInstanceUID

@@ -62,8 +62,10 @@ def find_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     message); folders are searched recursively for ``.dcm .dicom .dic .png .jpg .jpeg .tif .tiff``
     files and for suffix-less files holding the DICOM marker. Order: as given, folders sorted.
 
+    A folder with no such files is returned as is (it then fails on its own with a clear message).
+
     Raises:
-        InputError: no inputs at all, or a folder with no radiograph files.
+        InputError: no inputs at all.
     """
     out: list[Path] = []
     seen: set[Path] = set()
@@ -77,9 +79,7 @@ def find_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
                 and not f.name.startswith(".")
                 and (f.suffix.lower() in RADIOGRAPH_SUFFIXES or (f.suffix == "" and is_dicom_file(f)))
             )
-            if not found:
-                raise InputError(f"{p}: the folder holds no DICOM, PNG, JPEG or TIFF files")
-            files = found
+            files = found or [p]  # an empty folder fails on its own, like an unreadable file
         else:
             files = [p]
         for f in files:

@@ -5,7 +5,7 @@ Python API::
     from cxrdecomp import Decomposer
     dec = Decomposer.from_pretrained("bone")          # bundled name or checkpoint folder
     out = dec(image)                                  # (H, W) array/tensor, display domain [0, 1]
-    out = dec("chest.dcm")                            # or a file (read with cxrdecomp.io.read_radiograph)
+    out = dec("chest.dcm")                            # or a DICOM / PNG / JPEG / TIFF file path
     out.bone, out.soft_tissue, out.enhanced           # (H, W) float32 tensors, same size as the input
 
 Composition (Bone-extraction paper §2.4, weighted summation), in the display domain:

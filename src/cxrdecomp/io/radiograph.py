@@ -159,7 +159,7 @@ def read_radiograph(path: str | os.PathLike) -> Radiograph:
     if not p.exists():
         raise InputError(f"{p}: no such file")
     if p.is_dir():
-        raise InputError(f"{p}: is a folder, not a radiograph file")
+        raise InputError(f"{p}: is a folder holding no DICOM, PNG, JPEG or TIFF file, not a radiograph")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty (0 bytes)")
     suffix = p.suffix.lower()
