@@ -35,6 +35,11 @@ KINDS: dict[str, tuple[str, str, int]] = {
     "lung_mask": ("Lung mask", "LUNG_MASK", 5),
 }
 SERIES_NUMBER_BASE = 900
+
+# highdicom warns about single-component person names (e.g. ReferringPhysicianName "ward") that we
+# copy unchanged from the source; a targeted global filter (catch_warnings is not thread-safe and
+# the files are written from worker threads)
+warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*", category=UserWarning)
 MANUFACTURER = "cxrdecomp"
 
 
@@ -131,10 +136,7 @@ class DerivedStudy:
             series_description=f"{label} ({method}, cxrdecomp)"[:64],
             software_versions=_version(),
         )
-        with warnings.catch_warnings():
-            # highdicom warns about single-component person names copied from the source
-            warnings.simplefilter("ignore", UserWarning)
-            sc = self._make(hd, ref, common)
+        sc = self._make(hd, ref, common)
         if self.source is None:
             sc.StudyDescription = ref.StudyDescription
         if orientation is None:
