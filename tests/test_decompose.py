@@ -21,7 +21,10 @@ from cxrdecomp.io.radiograph import read_radiograph
 from cxrdecomp.models.unet import build_bone_unet
 
 pydicom = pytest.importorskip("pydicom")
-pytestmark = pytest.mark.filterwarnings("ignore::cxrdecomp.io.radiograph.RadiographWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::cxrdecomp.io.radiograph.RadiographWarning"),
+    pytest.mark.filterwarnings("ignore:.*unlikely to represent the intended person name"),  # source's own names
+]
 
 OUTPUTS = ("bone", "soft_tissue", "enhanced")
 
