@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/cxrdecomp demo -o out/demo
 
 test: $(STAMP)
+	$(BIN)/cxrdecomp data fetch
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

