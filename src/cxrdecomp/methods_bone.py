@@ -167,12 +167,13 @@ def train_bone_unet(options: dict[str, Any]) -> Path:
         train_ds = torch.utils.data.ConcatDataset([train_ds, real])
         desc += f" + {len(real)} real pairs from {root}"
     module = BoneUNetModule(size=size, base=int(o["base"]), depth=int(o["depth"]), dilate_from=int(o["dilate_from"]),
-                            lr=float(o["lr"]), bone_scale=float(o["bone_scale"]), vgg_weights=o["vgg_weights"],
+                            lr=float(o["lr"]), bone_scale=float(o["bone_scale"]), vgg_weights=str(o["vgg_weights"]) if o["vgg_weights"] else None,
                             perceptual_weight=float(o["perceptual_weight"]), dtype=o["dtype"], display=o["display"])
     nw = int(o["num_workers"])
+    train_loader = _loader(train_ds, int(o["batch_size"]), True, nw)
     return fit(
         module,
-        _loader(train_ds, int(o["batch_size"]), True, nw),
+        train_loader,
         _loader(val_ds, int(o["batch_size"]), False, nw),
         out,
         data_description=desc,
@@ -186,4 +187,5 @@ def train_bone_unet(options: dict[str, Any]) -> Path:
         precision=o["precision"],
         progress=bool(o["progress"]),
         limit_val_batches=o["limit_val_batches"],
+        log_every=max(1, min(50, len(train_loader))),
     )
