@@ -13,7 +13,9 @@
 2. A random monotone tone curve ``f(t) = clip(t, 0, 1)^γ`` (γ ∈ [1/gamma, gamma]) imitates the LUT of
    processed radiographs; input ``x = f(d)``, soft-tissue image ``f(s)``, **bone target
    ``b = f(d) − f(s)``** — "the same processing applied to the radiograph without bone".
-3. The paper's augmentations (§2.3): horizontal flip and scaling ±30 % (zoom about the centre) act on
+3. Processing of real radiographs: dynamic-range compression ``x − c (blur(x) − mean)``
+   (:func:`compress_range`, linear, applied to input and target alike).
+4. The paper's augmentations (§2.3): horizontal flip and scaling ±30 % (zoom about the centre) act on
    input and target alike; sharpening (unsharp mask, α = 0.5) is linear and applied to both, so
    ``x ≈ soft + bone`` still holds; additive Gaussian noise and a bias ±20 % act on the input only
    (the target stays the clean bone image: the network learns to ignore them; since the network input
@@ -35,9 +37,11 @@ import torch.nn.functional as F
 
 from cxrdecomp.errors import DataNotFoundError
 
-PAPER_AUG = {"flip": 0.5, "noise": 0.02, "bias": 0.2, "scale": 0.3, "sharpen": 0.5, "gamma": 1.6, "window_jitter": 0.01}
+PAPER_AUG = {"flip": 0.5, "noise": 0.02, "bias": 0.2, "scale": 0.3, "sharpen": 0.5, "gamma": 1.6, "window_jitter": 0.01, "drc": 0.6}
 """Default augmentation strengths: flip probability, max noise σ, max |bias|, max |zoom−1|,
-sharpening α (applied with probability 1/2), max tone-curve γ, quantile jitter of the window."""
+sharpening α (applied with probability 1/2), max tone-curve γ, quantile jitter of the window, max
+dynamic-range compression ``c`` (see :func:`compress_range`). ``gamma``, ``window_jitter`` and ``drc``
+are cxrdecomp's additions to the paper's list, to imitate the processing of real CR/DX images."""
 
 
 def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -54,6 +58,20 @@ def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def sharpen(x: torch.Tensor, alpha: float = 0.5, sigma: float = 2.0) -> torch.Tensor:
     """Unsharp masking ``x + α (x − blur_σ(x))`` (paper §2.3, α = 0.5). Linear. Shape ``(1, H, W)``."""
     return x + alpha * (x - _gauss_blur(x, sigma))
+
+
+def compress_range(x: torch.Tensor, c: float, sigma_frac: float = 1 / 16) -> torch.Tensor:
+    """Dynamic-range compression of processed radiographs: ``x − c (blur(x) − mean(x))``.
+
+    The blur is a Gaussian of σ = ``sigma_frac`` × image size (computed at 1/8 resolution). Linear in
+    ``x``: applied to input and bone target alike it keeps ``x = soft + bone``. Shape ``(1, H, W)``.
+    """
+    if c == 0:
+        return x
+    h, w = x.shape[-2:]
+    small = F.interpolate(x[None], size=(max(8, h // 8), max(8, w // 8)), mode="area")[0]
+    low = F.interpolate(_gauss_blur(small, max(1.0, sigma_frac * h / 8))[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return x - c * (low - x.mean())
 
 
 def zoom(x: torch.Tensor, factor: float, mode: str = "bilinear") -> torch.Tensor:
@@ -143,8 +161,12 @@ class SimulatedPairs(torch.utils.data.Dataset):
         j = a["window_jitter"]
         gam = float(np.exp(U(-np.log(a["gamma"]), np.log(a["gamma"])))) if a["gamma"] and a["gamma"] > 1 else 1.0
         x, bone = display_pair(arr[0:1], arr[1:2], q_lo=0.005 + U(0, j), q_hi=0.995 - U(0, j), gamma=gam, display=self.display, ray_length_cm=ell)
+        if a.get("drc"):
+            c = U(0, a["drc"])
+            x, bone = compress_range(x, c), compress_range(bone, c)
         if a["sharpen"] and U(0, 1) < 0.5:
-            x, bone = sharpen(x, a["sharpen"]), sharpen(bone, a["sharpen"])
+            sig = 2.0 * x.shape[-1] / 512
+            x, bone = sharpen(x, a["sharpen"], sig), sharpen(bone, a["sharpen"], sig)
         soft = x - bone
         if a["bias"]:
             x = x + U(-a["bias"], a["bias"])
