@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10, "max_steps": -1, "batch_size": 8, "lr": 1e-3, "size": 512, "base": 32, "depth": 4,
     "dilate_from": 2, "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
     "precision": None, "vgg_weights": None, "perceptual_weight": 1.0, "real_pairs": None, "resume": True,
-    "num_workers": 0, "val_fraction": 0.1, "bone_scale": BONE_SCALE, "display": "log", "progress": True,
+    "num_workers": 0, "val_fraction": 0.1, "bone_scale": "auto", "display": "log", "progress": True,
     "limit_val_batches": 1.0, "dtype": "float16", "seed": 0,
 }
 
@@ -135,6 +135,22 @@ class BoneUNetModule(MethodModule):
         return super().load_state_dict(state_dict, strict=False if self.perceptual is not None else strict, **kwargs)
 
 
+def estimate_bone_scale(ds, n: int = 32, target: float = 0.6) -> float:
+    """``bone_scale`` so that the 99.9th percentile of ``|bone| / (bone_scale · std(x))`` is ``target``
+    over up to ``n`` items of ``ds`` (keeps targets well inside tanh's range whatever the bone definition)."""
+    from cxrdecomp.models.unet import image_std
+
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
+    vals = []
+    for i in idx:
+        it = ds[i]
+        r = (it["bone"] / image_std(it["x"][None])[0]).abs().flatten()
+        vals.append(torch.quantile(r[:: max(1, r.numel() // 65536)], 0.999))
+    q = float(torch.stack(vals).max())
+    return float(f"{max(q / target, 1e-3):.3g}")
+
+
 def _loader(ds, batch_size, shuffle, num_workers):
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=False,
@@ -166,6 +182,8 @@ def train_bone_unet(options: dict[str, Any]) -> Path:
         real = RealPairs(root / "train" if (root / "train").is_dir() else root, size=size)
         train_ds = torch.utils.data.ConcatDataset([train_ds, real])
         desc += f" + {len(real)} real pairs from {root}"
+    if str(o["bone_scale"]) == "auto":
+        o["bone_scale"] = estimate_bone_scale(train_ds)
     module = BoneUNetModule(size=size, base=int(o["base"]), depth=int(o["depth"]), dilate_from=int(o["dilate_from"]),
                             lr=float(o["lr"]), bone_scale=float(o["bone_scale"]), vgg_weights=str(o["vgg_weights"]) if o["vgg_weights"] else None,
                             perceptual_weight=float(o["perceptual_weight"]), dtype=o["dtype"], display=o["display"])
