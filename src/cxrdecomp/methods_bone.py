@@ -3,7 +3,8 @@
 Adam (lr 1e-3), batch 8, L1 loss on the normalised bone target (see :mod:`cxrdecomp.models.unet`)
 plus, when VGG16 weights are given, the perceptual loss of Eq. 5 on the display-domain bone image.
 Validation each epoch on held-out simulated pairs: ``val/rmse``, ``val/psnr``, ``val/ssim``,
-``val/ms_ssim`` of the display-domain bone image (data range 1).
+``val/ms_ssim`` of the display-domain bone image (data range 1), and ``val/rmse_zero`` — the RMSE of
+predicting no bone at all — as the baseline to read them against.
 
 The exported checkpoint stores weights as float16 (``config["dtype"] = "float16"``): the paper's
 width (base 32, depth 4, 7.8 M parameters) is 15.6 MB instead of 31 MB.
@@ -123,6 +124,8 @@ class BoneUNetModule(MethodModule):
         self.log("val/loss", loss, sync_dist=True, batch_size=n)
         for k, v in m.items():
             self.log(f"val/{k}", v, sync_dist=True, prog_bar=k in ("psnr",), batch_size=n)
+        # baseline printed beside the metrics: predicting "no bone" (bone = 0)
+        self.log("val/rmse_zero", batch["bone"].float().pow(2).mean().sqrt(), sync_dist=True, batch_size=n)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.net.parameters(), lr=self.lr)
