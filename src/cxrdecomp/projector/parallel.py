@@ -1,6 +1,7 @@
 """Parallel-beam projection of attenuation volumes (the DRR of the bone-extraction paper, §2.1).
 
-Conventions: volumes are ``(X, Y, Z)`` in RAS orientation (Y = anterior–posterior), attenuation µ
+Conventions: volumes are ``(X, Y, Z)`` in RAS+ orientation (nibabel canonical: X grows to the
+patient's right, Y anterior, Z superior; Y = anterior–posterior axis), attenuation µ
 in cm⁻¹, spacing in mm. A posterior–anterior (PA) or anterior–posterior (AP) parallel projection
 along Y gives a ``(Z, X)`` image; rows run head (top) to feet, columns run patient right to left as
 seen from the front (radiological convention: patient's right on the image's left for PA display).
@@ -26,8 +27,9 @@ def line_integral_ap(mu: torch.Tensor, spacing_y_mm: float) -> torch.Tensor:
         Input ``(..., X, Y, Z)`` → Output ``(..., Z, X)``.
     """
     s = mu.sum(dim=-2) * (spacing_y_mm / 10.0)  # (..., X, Z)
-    # RAS: X grows to patient-left, Z to superior. Display rows top = superior, left column = patient right.
-    return s.transpose(-1, -2).flip(-2)
+    # RAS+: X grows to the patient's right, Z to superior. Display: top row = superior,
+    # left column = patient right (radiological convention) → flip both axes.
+    return s.transpose(-1, -2).flip(-2).flip(-1)
 
 
 def mean_ap(mu: torch.Tensor) -> torch.Tensor:
@@ -35,4 +37,4 @@ def mean_ap(mu: torch.Tensor) -> torch.Tensor:
 
     Shape: ``(..., X, Y, Z)`` → ``(..., Z, X)``, same orientation as :func:`line_integral_ap`.
     """
-    return mu.mean(dim=-2).transpose(-1, -2).flip(-2)
+    return mu.mean(dim=-2).transpose(-1, -2).flip(-2).flip(-1)
