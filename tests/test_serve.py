@@ -118,7 +118,7 @@ def test_bad_upload_400(client, tmp_path, upload, params, fragment):
     data = synthetic_cr() if data is None else data
     r = client.post("/api/decompose", files={"file": (name, data, "application/octet-stream")}, params=params)
     assert r.status_code == 400, r.text
-    assert fragment in r.json()["detail"]
+    assert fragment in r.json()["detail"] and str(tmp_path) not in r.json()["detail"]
     assert len(client.app.state.store) == 0 and not any((tmp_path / "results").iterdir())  # nothing left behind
 
 
@@ -155,3 +155,14 @@ def test_result_store_lru(tmp_path):
     assert s.get(b) is None and s.get(a) is not None and s.get(c) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a, c])
     assert s.get("../etc") is None
+
+
+def test_ct_upload_400_names_the_file(client):
+    ds = pydicom.dcmread(io.BytesIO(synthetic_cr((64, 64))))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ds.Modality = "CT"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    r = client.post("/api/decompose", files={"file": ("scan.dcm", buf.getvalue(), "application/dicom")})
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("scan.dcm: not a projection radiograph (Modality CT")

@@ -11,6 +11,7 @@
   CR/DX, PNG, JPEG or TIFF radiograph → JSON with the URLs of the results. An unusable file,
   unknown method or invalid option → HTTP 400 whose ``detail`` is the
   :class:`~cxrdecomp.errors.CxrdecompError` message; an upload over ``max_upload_mb`` → 413.
+* ``GET /api/results/{id}``: that JSON again (the page shows ``/#<id>`` from it).
 * ``GET /api/results/{id}/{name}.png``: 8-bit display PNGs at the input's full resolution,
   ``name`` in ``input, bone, soft_tissue, enhanced``. The bone image is shown through its linear
   display mapping ``(bone − low)/(high − low)``; ``low``/``high`` are in the JSON (``bone_range``)
@@ -44,6 +45,7 @@ from cxrdecomp.serve.models import DecomposerCache, bundled_methods
 
 DISPLAY_NAMES = ("input", "bone", "soft_tissue", "enhanced")
 FILES = "files"  # sub-folder of a result holding write_case's outputs
+RESULT = "result.json"  # the JSON answer of POST /api/decompose, for GET /api/results/{id}
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
 
@@ -179,6 +181,7 @@ def create_app(
 
     def _decompose(rid: str, folder: Path, file, method: str, w, w_s) -> dict:
         from cxrdecomp.decompose import CASE_FILE, write_case
+        from cxrdecomp.io.atomic import atomic_path
         from cxrdecomp.io.images import apply_display_range
         from cxrdecomp.io.radiograph import read_radiograph
 
@@ -199,7 +202,10 @@ def create_app(
         dec = cache(method)
         opts = {k: v for k, v in (("w", w), ("w_s", w_s)) if v is not None}
         with busy:
-            rg = read_radiograph(path)
+            try:
+                rg = read_radiograph(path)
+            except CxrdecompError as e:  # name the upload, not the server's temporary path
+                raise type(e)(str(e).replace(str(path), path.name)) from e
             out = dec(rg, **opts)
             options = {k: v for k, v in {**dec.options, **opts}.items() if k != "batch_size"}
             write_case(folder / FILES, rg, out, dec.method, options, checkpoint=cache.methods[method])
@@ -210,7 +216,7 @@ def create_app(
             _write_png8(folder / f"{name}.png", img)
         shutil.rmtree(path.parent, ignore_errors=True)
         base = f"/api/results/{rid}"
-        return {
+        result = {
             "id": rid,
             "source": file.filename,
             "method": method,
@@ -223,6 +229,16 @@ def create_app(
             "files": {name: f"{base}/{FILES}/{name}" for name in [*meta["files"], "preview.png", CASE_FILE]},
             "warnings": meta["warnings"],
         }
+        with atomic_path(folder / RESULT) as tmp:
+            Path(tmp).write_text(json.dumps(result))
+        return result
+
+    @app.get("/api/results/{rid}")
+    def result_json(rid: str) -> dict:
+        folder = store.get(rid)
+        if folder is None or not (folder / RESULT).is_file():
+            raise HTTPException(status_code=404, detail=f"no result {rid} (unknown, or removed to make room)")
+        return json.loads((folder / RESULT).read_text())
 
     @app.get("/api/results/{rid}/{name}.png")
     def result_image(rid: str, name: str):
