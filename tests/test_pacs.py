@@ -168,3 +168,21 @@ def test_bad_forward_spec(spec):
 
 def test_forward_spec():
     assert Destination.parse("10.0.0.5:104:ORTHANC") == Destination("10.0.0.5", 104, "ORTHANC")
+
+
+def test_forward_to_closed_port_keeps_outputs(node, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    scp = node(forward=Destination("127.0.0.1", closed, "NOBODY"))
+    src = pydicom.dcmread(io.BytesIO(synthetic_cr((64, 64))))
+    assoc = scu(scp.port, [ComputedRadiographyImageStorage])
+    try:
+        assert assoc.send_c_store(src).Status == 0x0000
+    finally:
+        assoc.release()
+    assert scp.wait_idle(TIMEOUT)
+    (_, folder, error), = scp.processed
+    assert "cannot forward" in error and (folder / "bone.dcm").is_file()

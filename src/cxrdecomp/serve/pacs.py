@@ -252,7 +252,7 @@ class DecompositionSCP:
                 log.info("forwarded %d of %d derived instances to %s", n, len(files), self.forward.ae_title)
         except CxrdecompError as e:
             error = str(e)
-            log.warning("skipped: %s", e)
+            log.warning("%s: %s", path.stem, e)
         except Exception as e:  # keep the node alive whatever one instance does
             error = f"{type(e).__name__}: {e}"
             log.exception("failed on %s", path.name)
