@@ -1,0 +1,38 @@
+"""Synthetic DICOM radiographs shared by tests/test_serve.py and tests/test_pacs.py."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def synthetic_cr(shape=(128, 96), seed=0) -> bytes:
+    """A small CR DICOM (MONOCHROME2, uint16) as bytes: smooth background + bright 'ribs'."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    y = np.linspace(0, 1, h)[:, None]
+    a = 1000 + 1500 * np.sin(np.pi * y) * np.ones((1, w)) + 800 * (np.sin(20 * y) > 0.7) + rng.normal(0, 20, (h, w))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = "CR", "TEST^PATIENT", "P123"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
+    ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName = "", "", ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.Rows, ds.Columns = h, w
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.PixelData = np.clip(a, 0, 4095).astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

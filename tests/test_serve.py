@@ -1,0 +1,168 @@
+"""Web viewer: upload DICOM / PNG, results at the input's size, identity of the outputs, 400 on bad input, LRU."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrdecomp import checkpoint
+from cxrdecomp.infer import Decomposer
+from cxrdecomp.models.unet import build_bone_unet
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("multipart", reason="python-multipart is needed for uploads")
+with warnings.catch_warnings():  # starlette: "Using httpx with starlette.testclient is deprecated"
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient  # noqa: E402
+
+from cxrdecomp.serve.web import ResultStore, create_app  # noqa: E402
+from serve_helpers import synthetic_cr  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::cxrdecomp.io.radiograph.RadiographWarning"),
+    pytest.mark.filterwarnings("ignore:.*unlikely to represent the intended person name"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    cfg = {"method": "bone_unet", "model": {"base": 4, "depth": 2}, "input_size": 64}
+    return checkpoint.save(folder, build_bone_unet(base=4, depth=2), cfg, "tiny random test model")
+
+
+@pytest.fixture()
+def client(tiny_ckpt, tmp_path):
+    loads = []
+
+    def factory(method):
+        loads.append(method)
+        return Decomposer.from_pretrained(tiny_ckpt, device="cpu")
+
+    app = create_app(factory, {"bone": str(tiny_ckpt)}, results_dir=tmp_path / "results", max_results=3)
+    with TestClient(app) as c:
+        c.loads = loads
+        yield c
+
+
+def _png(client, url) -> np.ndarray:
+    r = client.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(r.content)))
+
+
+def test_upload_dicom_results_full_size(client):
+    data = synthetic_cr((128, 96))
+    r = client.post("/api/decompose", files={"file": ("chest.dcm", data, "application/dicom")}, params={"w": 1.5})
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert j["shape"] == [128, 96] and j["method"] == "bone" and j["options"] == {"w": 1.5, "w_s": 1.0}
+    lo, hi = j["bone_range"]
+    assert lo <= 0 < hi
+    shown = {name: _png(client, url) for name, url in j["images"].items()}
+    assert set(shown) == {"input", "bone", "soft_tissue", "enhanced"}
+    for a in shown.values():
+        assert a.shape == (128, 96) and a.dtype == np.uint8
+    # the 8-bit display images obey the decomposition identity (to 8-bit rounding, away from clipping)
+    x, b = shown["input"].astype(float), lo * 255 + shown["bone"].astype(float) * (hi - lo)
+    enh = np.clip(x + 1.5 * b, 0, 255)
+    inside = (enh > 2) & (enh < 253)
+    assert np.abs(enh - shown["enhanced"])[inside].max() <= 3
+    soft = np.clip(x - b, 0, 255)
+    inside = (soft > 2) & (soft < 253)
+    assert np.abs(soft - shown["soft_tissue"])[inside].max() <= 3
+
+    # full-resolution downloads: 16-bit PNG and derived DICOM in the source's study
+    png16 = Image.open(io.BytesIO(client.get(j["files"]["bone.png"]).content))
+    assert png16.size == (96, 128) and png16.mode.startswith("I;16")
+    r = client.get(j["files"]["enhanced.dcm"])
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    src, out = pydicom.dcmread(io.BytesIO(data)), pydicom.dcmread(io.BytesIO(r.content))
+    assert out.StudyInstanceUID == src.StudyInstanceUID and out.PatientID == "P123"
+    assert out.SeriesInstanceUID != src.SeriesInstanceUID and (out.Rows, out.Columns) == (128, 96)
+    assert client.get(j["files"]["decomposition.json"]).json()["options"]["w"] == 1.5
+
+
+def test_upload_png_and_model_loaded_once(client):
+    a = (np.linspace(0, 255, 80)[None, :] * np.ones((72, 1))).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    for name in ("ramp.png", "no-suffix"):  # a missing suffix is guessed from the content
+        r = client.post("/api/decompose", files={"file": (name, buf.getvalue(), "image/png")})
+        assert r.status_code == 200, r.text
+        j = r.json()
+        assert j["shape"] == [72, 80]
+        assert _png(client, j["images"]["soft_tissue"]).shape == (72, 80)
+        assert np.array_equal(_png(client, j["images"]["input"]), a)
+    assert client.loads == ["bone"]
+
+
+@pytest.mark.parametrize(
+    "upload, params, fragment",
+    [
+        (("junk.dcm", b"\0" * 128 + b"DICM" + b"\x01" * 300), {}, "junk.dcm"),
+        (("empty.png", b""), {}, "empty"),
+        (("text.png", b"hello, not an image"), {}, "text.png"),
+        (("chest.dcm", None), {"method": "nonesuch"}, "unknown method"),
+        (("chest.dcm", None), {"w": "nan"}, "finite"),
+    ],
+)
+def test_bad_upload_400(client, tmp_path, upload, params, fragment):
+    name, data = upload
+    data = synthetic_cr() if data is None else data
+    r = client.post("/api/decompose", files={"file": (name, data, "application/octet-stream")}, params=params)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["detail"] and str(tmp_path) not in r.json()["detail"]
+    assert len(client.app.state.store) == 0 and not any((tmp_path / "results").iterdir())  # nothing left behind
+
+
+def test_unknown_result_404_and_lru(client):
+    assert client.get("/api/results/" + "0" * 32 + "/bone.png").status_code == 404
+    ids = []
+    for seed in range(4):  # max_results=3: the first is evicted
+        r = client.post("/api/decompose", files={"file": ("c.dcm", synthetic_cr((64, 64), seed), "application/dicom")})
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["id"])
+    assert client.get(f"/api/results/{ids[0]}/bone.png").status_code == 404
+    assert client.get(f"/api/results/{ids[1]}/bone.png").status_code == 200
+    assert client.get(f"/api/results/{ids[1]}/nonesuch.png").status_code == 404
+    assert client.get(f"/api/results/{ids[1]}/files/..%2Fbone.png").status_code == 404
+
+
+def test_index_page_and_methods(client, tiny_ckpt):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "/api/decompose" in page and '<canvas id="c_enhanced"' in page and 'type="range"' in page
+    assert "http://" not in page and "https://" not in page  # self-contained: no CDN
+    j = client.get("/api/methods").json()
+    assert j["default"] == "bone" and j["methods"] == [{"name": "bone", "checkpoint": str(tiny_ckpt)}]
+    assert isinstance(j["pretrained"], list)
+
+
+def test_result_store_lru(tmp_path):
+    s = ResultStore(tmp_path, max_count=2)
+    a, fa = s.new()
+    b, _ = s.new()
+    assert s.get(a) == fa  # a is now the most recently used
+    c, _ = s.new()
+    assert s.get(b) is None and s.get(a) is not None and s.get(c) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a, c])
+    assert s.get("../etc") is None
+
+
+def test_ct_upload_400_names_the_file(client):
+    ds = pydicom.dcmread(io.BytesIO(synthetic_cr((64, 64))))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ds.Modality = "CT"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    r = client.post("/api/decompose", files={"file": ("scan.dcm", buf.getvalue(), "application/dicom")})
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("scan.dcm: not a projection radiograph (Modality CT")
