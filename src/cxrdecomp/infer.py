@@ -7,6 +7,9 @@ Python API::
     out = dec(image)                                  # (H, W) array/tensor, display domain [0, 1]
     out.bone, out.soft_tissue, out.enhanced           # (H, W) float32 tensors, same size as the input
 
+Lung-structure methods (lung paper §2.4, Eq. 6): ``enhanced = I + w·lung`` with ``lung`` the lung X-ray
+rescaled to [0, 1], plus ``enhanced_w<w>`` extras for the ``w_levels`` option.
+
 Composition (Bone-extraction paper §2.4, weighted summation), in the display domain:
 ``soft_tissue = I − w_s·bone`` and ``enhanced = I + w·bone``, with ``bone`` the model's change
 (``x − soft`` for soft-tissue methods) computed at model size, upsampled, and applied to the
@@ -132,6 +135,16 @@ class Decomposer:
                 if k not in ("bone", "soft_tissue"):
                     d.extra[k] = v[i, 0].cpu()
             if "lung" in up and d.enhanced is None:
-                d.enhanced = (full[i, 0] + opts["w"] * up["lung"][i, 0]).cpu()
+                # lung paper Eq. 6: I_enhanced = I + w·I_lung, for w and each of the optional "w_levels"
+                # (extras "enhanced_w<w>"); with "enhanced_rescale" an image exceeding 1 is divided by its max.
+                def fuse(wl: float) -> torch.Tensor:
+                    e = full[i, 0] + wl * up["lung"][i, 0]
+                    if opts.get("enhanced_rescale", False) and float(e.max()) > 1.0:
+                        e = e / e.max()
+                    return e.cpu()
+
+                d.enhanced = fuse(float(opts["w"]))
+                for wl in opts.get("w_levels", ()) or ():
+                    d.extra[f"enhanced_w{float(wl):g}"] = fuse(float(wl))
             outs.append(d)
         return outs[0] if single else outs

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrdecomp.errors import ConfigError, DataNotFoundError
+from cxrdecomp.errors import ConfigError, DataNotFoundError  # noqa: F401
 from cxrdecomp.io.atomic import atomic_path
 from cxrdecomp.projector.parallel import line_integral_ap
 from cxrdecomp.simulate import lung as L
@@ -62,6 +62,17 @@ class LungCase:
 
             self._dist = ndimage.distance_transform_edt(self.lung, sampling=self.spacing).astype(np.float32)
         return self._dist
+
+
+def example_case() -> LungCase:
+    """The example CT (fetched on first use) with its lobe-label lung mask.
+
+    Raises:
+        DataNotFoundError: the example data cannot be fetched.
+    """
+    from cxrdecomp.io.ct import example_ct
+
+    return prepare_case(example_ct(), "example")
 
 
 def downsample_case(case: LungCase, factor: int) -> LungCase:
@@ -286,19 +297,16 @@ def simulate(
         old = json.loads(manifest.read_text())
         if {k: v for k, v in old.items() if k != "cases"} != params:
             raise ConfigError(f"{out} holds a simulation with other parameters ({manifest}); use a new folder")
+    todo = [i for i in range(n) if not sample_complete(out, f"{prefix}{i:05d}")]
+    if not todo:
+        return out
     if cases is None:
-        from cxrdecomp.io.ct import example_ct
-
-        try:
-            cases = [prepare_case(example_ct(), "example")]
-        except DataNotFoundError:
-            raise
+        cases = [example_case()]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with atomic_path(manifest) as tmp:
         tmp.write_text(json.dumps({**params, "cases": [c.name for c in cases]}, indent=1) + "\n")
     cases = [downsample_case(c, auto_downsample_factor(c, cfg.size)) for c in cases]
     mus = {}
-    todo = [i for i in range(n) if not sample_complete(out, f"{prefix}{i:05d}")]
     it = todo
     if progress:
         from rich.progress import track
