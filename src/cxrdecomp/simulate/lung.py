@@ -218,7 +218,8 @@ def mask_volume_litres(mask: np.ndarray, spacing: Sequence[float]) -> float:
 def count_lungs(mask: np.ndarray) -> tuple[int, int]:
     """Voxels of the mask left and right of the body midline (X index of the mask's centre).
 
-    Returns ``(right_lung_voxels, left_lung_voxels)`` (RAS: X grows to patient left).
+    Returns the voxel counts on the low-X and high-X sides: ``(left, right)`` lung in nibabel's
+    RAS+ arrays, where X grows towards the patient's right.
     """
     xs = np.nonzero(mask.any(axis=(1, 2)))[0]
     if xs.size == 0:
@@ -501,9 +502,10 @@ def select_lidc_nodules(
 
 
 def lidc_volume_to_ras(vol: np.ndarray) -> np.ndarray:
-    """pylidc volume ``(rows, cols, slices)`` (DICOM LPS: rows → posterior, cols → patient left,
-    slices ascending z → superior) to the project's ``(X, Y, Z)`` RAS array."""
-    return np.ascontiguousarray(np.transpose(vol, (1, 0, 2))[:, ::-1, :])
+    """pylidc volume ``(rows, cols, slices)`` (DICOM LPS for an axial scan: rows → posterior, cols →
+    patient left, slices ascending z → superior) to the project's ``(X, Y, Z)`` RAS+ array
+    (X → patient right, Y → anterior, Z → superior)."""
+    return np.ascontiguousarray(np.transpose(vol, (1, 0, 2))[::-1, ::-1, :])
 
 
 def place_annotation_mask(shape_rcs: Sequence[int], bbox: Sequence[slice], mask: np.ndarray) -> np.ndarray:

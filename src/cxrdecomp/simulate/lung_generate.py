@@ -117,15 +117,22 @@ class LungSimConfig:
     mu_water: float = L.MU_WATER_CM
 
 
-def drr_display(line_integral: torch.Tensor, high_quantile: float = 0.995) -> torch.Tensor:
-    """Map DRR line integrals (attenuation domain, ``(..., H, W)``) to the display domain ``[0, 1]``.
+def drr_display(line_integral: torch.Tensor, q_lo: float = 0.005, q_hi: float = 0.995) -> torch.Tensor:
+    """Map DRR line integrals (attenuation domain, ``(H, W)`` or ``(B, 1, H, W)``) to the display domain.
 
-    Linear in the line integral (a log-transformed detector signal), 0 = no attenuation (air dark),
-    1 = the ``high_quantile`` of each image (bone / mediastinum bright), clipped.
+    The bone simulation's mapping (``cxrdecomp.simulate.render.display_window`` + ``to_display``): a
+    linear window between the ``q_lo`` and ``q_hi`` quantiles of each image (the "log" display of a
+    radiograph, air dark, bone bright), here clipped to ``[0, 1]`` for storage. Both methods therefore
+    see the same input domain (and HE + CLAHE follows anyway).
     """
-    flat = line_integral.flatten(-2)
-    hi = torch.quantile(flat.float(), high_quantile, dim=-1).clamp_min(1e-6)
-    return (line_integral / hi[..., None, None]).clamp(0, 1)
+    x = line_integral[None, None] if line_integral.ndim == 2 else line_integral
+    flat = x.flatten(1).float()
+    if flat.shape[1] > 65536:
+        flat = flat[:, :: flat.shape[1] // 65536 + 1]
+    q = torch.quantile(flat, torch.tensor([q_lo, q_hi], device=flat.device, dtype=flat.dtype), dim=1)
+    lo, hi = q[0].view(-1, 1, 1, 1), torch.maximum(q[1], q[0] + 1e-6).view(-1, 1, 1, 1)
+    out = ((x - lo) / (hi - lo)).clamp(0, 1)
+    return out[0, 0] if line_integral.ndim == 2 else out
 
 
 def _rotation_matrix(ax: float, ay: float, az: float) -> torch.Tensor:
