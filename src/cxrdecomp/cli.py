@@ -38,6 +38,7 @@ def simulate_lung_cmd(
     ct: Optional[Path] = typer.Option(None, "--ct", help="CT NIfTI (HU); default: the example CT with its lobe labels."),
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    workers: int = typer.Option(4, "--workers", help="Threads for HE+CLAHE and PNG writing."),
 ) -> None:
     """Render simulated lung views: DRR, lung X-ray (Eq. 4), 2D lung and nodule masks (resumable)."""
     from cxrdecomp.simulate import lung_generate as G
@@ -49,9 +50,9 @@ def simulate_lung_cmd(
     else:
         cases = [G.example_case()]
     cfg = G.LungSimConfig(size=size)
-    G.simulate(out / "train", n, cases, cfg, seed=seed, device=device)
+    G.simulate(out / "train", n, cases, cfg, seed=seed, device=device, workers=workers)
     if n_val > 0:
-        G.simulate(out / "val", n_val, cases, cfg, seed=seed + 1_000_003, device=device)
+        G.simulate(out / "val", n_val, cases, cfg, seed=seed + 1_000_003, device=device, workers=workers)
     typer.echo(str(out))
 
 

@@ -153,7 +153,7 @@ def apply_affine(theta: torch.Tensor, *imgs: torch.Tensor, mode: str = "bilinear
 def weighted_bce(p: torch.Tensor, y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Class-balanced binary cross-entropy: positives weighted by ``n_neg / n_pos`` of the batch
     (lung paper §2.2, "weighted binary cross-entropy"), normalised by the total weight."""
-    p = p.clamp(eps, 1 - eps)
+    p, y = p.float().clamp(eps, 1 - eps), y.float()
     n_pos = y.sum().clamp_min(1.0)
     n_neg = (1 - y).sum().clamp_min(1.0)
     w = torch.where(y > 0.5, n_neg / n_pos, torch.ones_like(y))
@@ -162,7 +162,7 @@ def weighted_bce(p: torch.Tensor, y: torch.Tensor, eps: float = 1e-6) -> torch.T
 
 def nodule_weighted_l1(pred: torch.Tensor, target: torch.Tensor, nodule_mask: torch.Tensor, w_nodule: float = 30.0) -> torch.Tensor:
     """Eq. 5: mean of ``|ŷ − y|·(1 + w_nodule·noduleMask)`` (the L1 norm divided by the pixel count)."""
-    return ((pred - target).abs() * (1.0 + w_nodule * nodule_mask)).mean()
+    return ((pred.float() - target.float()).abs() * (1.0 + w_nodule * nodule_mask.float())).mean()
 
 
 def dice_score(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -258,7 +258,7 @@ def make_seg_module(opts: LungTrainOptions):
 
         def validation_step(self, batch, _i):
             x, y = batch["input"], batch["lung_mask"]
-            p = self.net.segment(x)
+            p = self.net.segment(x).float()
             self.log("val/loss", weighted_bce(p, y), sync_dist=True)
             self.log("val/dice", dice_score(p > 0.95, y > 0.5).mean(), prog_bar=True, sync_dist=True)
             self.log("val/dice_at_0.5", dice_score(p > 0.5, y > 0.5).mean(), sync_dist=True)
@@ -307,7 +307,7 @@ def make_extract_module(opts: LungTrainOptions):
             from pytorch_msssim import ssim
 
             x, y, nm, lm = batch["input"], batch["lung"], batch["nodule_mask"], batch["lung_mask"]
-            pred = self.net.extract_lung(lung_normalize(x, lm)).clamp(0, 1)
+            pred = self.net.extract_lung(lung_normalize(x, lm)).float().clamp(0, 1)
             mse = F.mse_loss(pred, y)
             self.log("val/mae", F.l1_loss(pred, y), sync_dist=True)
             self.log("val/mse", mse, sync_dist=True)

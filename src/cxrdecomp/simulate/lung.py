@@ -310,6 +310,14 @@ def ellipsoid_mask(shape: Sequence[int], spacing: Sequence[float], nodule: Nodul
     return out
 
 
+def lung_candidates(lung: np.ndarray, spacing: Sequence[float], dist: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lung voxel indices ``(N, 3)`` and their distance to the lung border in mm ``(N,)``."""
+    if dist is None:
+        dist = ndimage.distance_transform_edt(lung, sampling=spacing)
+    coords = np.argwhere(dist > 0)
+    return coords, dist[tuple(coords.T)].astype(np.float32)
+
+
 def random_nodules(
     lung: np.ndarray,
     spacing: Sequence[float],
@@ -319,6 +327,7 @@ def random_nodules(
     hu: tuple[float, float] = (0.0, 80.0),
     max_elongation: float = 1.5,
     dist: np.ndarray | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Nodule]:
     """Draw ``n`` nodules (diameters uniform in ``diameter_mm``) centred at random lung voxels.
 
@@ -326,7 +335,8 @@ def random_nodules(
     transform), so the nodule lies inside the lung; ellipsoids get random semi-axis ratios up to
     ``max_elongation`` and a random orientation. Soft-tissue density uniform in ``hu``.
 
-    ``dist`` may pass a precomputed distance-to-border map (mm) of ``lung``.
+    ``dist`` may pass a precomputed distance-to-border map (mm) of ``lung``, or ``candidates``
+    the lung voxels ``(N, 3)`` with their distances ``(N,)`` (see :func:`lung_candidates`).
 
     Raises:
         InputError: the lung mask is empty or too small for the requested size.
@@ -335,17 +345,16 @@ def random_nodules(
         raise ConfigError(f"invalid nodule diameter range {diameter_mm}")
     if not lung.any():
         raise InputError("empty lung mask: cannot place nodules")
-    if dist is None:
-        dist = ndimage.distance_transform_edt(lung, sampling=spacing)
+    coords, dvals = candidates if candidates is not None else lung_candidates(lung, spacing, dist)
     out = []
     for _ in range(n):
         d = float(rng.uniform(*diameter_mm))
         ratios = rng.uniform(1.0, max_elongation, size=3)
         ratios = ratios / np.cbrt(np.prod(ratios))
         semi = tuple(float(v) for v in 0.5 * d * ratios)
-        cand = np.argwhere(dist >= max(semi))
+        cand = coords[dvals >= max(semi)]
         if cand.size == 0:
-            cand = np.argwhere(dist >= 0.5 * d * 0.5)
+            cand = coords[dvals >= 0.25 * d]
         if cand.size == 0:
             raise InputError(f"lung mask too small for a {d:.0f} mm nodule")
         c = cand[rng.integers(len(cand))]

@@ -53,15 +53,20 @@ class LungCase:
     lung: np.ndarray
     name: str
     mask_source: str = "threshold"
-    _dist: np.ndarray | None = None
+    _cand: tuple[np.ndarray, np.ndarray] | None = None
+    _lung_t: torch.Tensor | None = None
 
-    def lung_distance_mm(self) -> np.ndarray:
-        """Distance (mm) of each lung voxel to the lung border (cached; for nodule placement)."""
-        if self._dist is None:
-            from scipy import ndimage
+    def lung_tensor(self, device) -> torch.Tensor:
+        """The lung mask as a float32 tensor on ``device`` (cached)."""
+        if self._lung_t is None or self._lung_t.device.type != torch.device(device).type:
+            self._lung_t = torch.from_numpy(self.lung).to(device=device, dtype=torch.float32)
+        return self._lung_t
 
-            self._dist = ndimage.distance_transform_edt(self.lung, sampling=self.spacing).astype(np.float32)
-        return self._dist
+    def lung_candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lung voxels and their distance (mm) to the lung border (cached; for nodule placement)."""
+        if self._cand is None:
+            self._cand = L.lung_candidates(self.lung, self.spacing)
+        return self._cand
 
 
 def example_case() -> LungCase:
@@ -188,14 +193,14 @@ def render_sample(case: LungCase, rng: np.random.Generator, cfg: LungSimConfig, 
     """
     n_nod = int(rng.integers(cfg.nodules[0], cfg.nodules[1] + 1))
     nodules = (
-        L.random_nodules(case.lung, case.spacing, rng, n_nod, cfg.nodule_diameter_mm, cfg.nodule_hu, dist=case.lung_distance_mm())
+        L.random_nodules(case.lung, case.spacing, rng, n_nod, cfg.nodule_diameter_mm, cfg.nodule_hu, candidates=case.lung_candidates())
         if n_nod
         else []
     )
     if mu is None:
         mu = torch.from_numpy(L.hu_to_mu(case.hu, cfg.mu_water)).to(device)
     mu = mu.clone()
-    lung = torch.from_numpy(case.lung).to(device=device, dtype=torch.float32)
+    lung = case.lung_tensor(mu.device)
     nod = torch.zeros_like(lung)
     for n in nodules:
         sl, m = L.ellipsoid_box(case.hu.shape, case.spacing, n)
@@ -275,6 +280,7 @@ def simulate(
     device: str | None = None,
     progress: bool = True,
     prefix: str = "",
+    workers: int = 4,
 ) -> Path:
     """Write ``n`` simulated views into ``out`` (resumable; see the module docstring).
 
@@ -288,6 +294,7 @@ def simulate(
         cfg: simulation parameters.
         seed: random seed (use different seeds for train and validation).
         device: ``"cuda"`` / ``"cpu"`` (default: CUDA when available).
+        workers: threads for HE + CLAHE and PNG writing.
 
     Raises:
         ConfigError: ``n < 1``, or ``out`` holds a simulation with other parameters.
@@ -313,19 +320,28 @@ def simulate(
     with atomic_path(manifest) as tmp:
         tmp.write_text(json.dumps({**params, "cases": [c.name for c in cases]}, indent=1) + "\n")
     cases = [downsample_case(c, auto_downsample_factor(c, cfg.size)) for c in cases]
-    mus = {}
+    mus: dict[str, torch.Tensor] = {}
     it = todo
     if progress:
         from rich.progress import track
 
         it = track(todo, description=f"simulating {len(todo)}/{n} lung views")
-    for i in it:
-        case = cases[i % len(cases)]
-        if case.name not in mus:
-            mus = {case.name: torch.from_numpy(L.hu_to_mu(case.hu, cfg.mu_water)).to(dev)}
-        rng = np.random.default_rng([seed, i])
-        s = render_sample(case, rng, cfg, dev, mu=mus[case.name])
-        write_sample(out, f"{prefix}{i:05d}", s)
+    # rendering runs on the device in this thread; HE + CLAHE and PNG encoding in a thread pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = []
+        for i in it:
+            case = cases[i % len(cases)]
+            if case.name not in mus:
+                mus = {case.name: torch.from_numpy(L.hu_to_mu(case.hu, cfg.mu_water)).to(dev)}
+            rng = np.random.default_rng([seed, i])
+            s = render_sample(case, rng, cfg, dev, mu=mus[case.name])
+            pending.append(pool.submit(write_sample, out, f"{prefix}{i:05d}", s))
+            if len(pending) > 4 * max(1, workers):
+                pending.pop(0).result()
+        for f in pending:
+            f.result()
     return out
 
 
