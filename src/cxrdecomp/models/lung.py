@@ -76,6 +76,12 @@ class LungNet(nn.Module):
         self.noise = GaussianNoise(noise_std)
         self.seg = UNet(1, 1, base=base, depth=depth, dilate_from=dilate_from, out_activation="sigmoid")
         self.extract = UNet(1, 1, base=base, depth=depth, dilate_from=dilate_from, out_activation="tanh")
+        # He-normal initialisation (Keras U-Nets' "he_normal"): without batch norm, PyTorch's default
+        # init shrinks the signal through the ~20 ReLU layers and training at lr 1e-4 barely starts.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         return self.seg(self.noise(x))
@@ -253,15 +259,15 @@ def make_seg_module(opts: LungTrainOptions):
             x, y = apply_affine(theta, x, y)
             y = (y > 0.5).float()
             loss = weighted_bce(self.net.segment(x), y)
-            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
             return loss
 
         def validation_step(self, batch, _i):
             x, y = batch["input"], batch["lung_mask"]
             p = self.net.segment(x).float()
-            self.log("val/loss", weighted_bce(p, y), sync_dist=True)
-            self.log("val/dice", dice_score(p > 0.95, y > 0.5).mean(), prog_bar=True, sync_dist=True)
-            self.log("val/dice_at_0.5", dice_score(p > 0.5, y > 0.5).mean(), sync_dist=True)
+            self.log("val/loss", weighted_bce(p, y), sync_dist=True, batch_size=x.shape[0])
+            self.log("val/dice", dice_score(p > 0.95, y > 0.5).mean(), prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+            self.log("val/dice_at_0.5", dice_score(p > 0.5, y > 0.5).mean(), sync_dist=True, batch_size=x.shape[0])
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.net.seg.parameters(), lr=self.opts.lr)
@@ -300,7 +306,7 @@ def make_extract_module(opts: LungTrainOptions):
             x, y, nm, lm = apply_affine(theta, x, y, nm, lm)
             z = lung_normalize(x, lm)
             loss = nodule_weighted_l1(self.net.extract_lung(z), y, (nm > 0.5).float(), self.opts.w_nodule)
-            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
             return loss
 
         def validation_step(self, batch, _i):
@@ -309,18 +315,18 @@ def make_extract_module(opts: LungTrainOptions):
             x, y, nm, lm = batch["input"], batch["lung"], batch["nodule_mask"], batch["lung_mask"]
             pred = self.net.extract_lung(lung_normalize(x, lm)).float().clamp(0, 1)
             mse = F.mse_loss(pred, y)
-            self.log("val/mae", F.l1_loss(pred, y), sync_dist=True)
-            self.log("val/mse", mse, sync_dist=True)
+            self.log("val/mae", F.l1_loss(pred, y), sync_dist=True, batch_size=x.shape[0])
+            self.log("val/mse", mse, sync_dist=True, batch_size=x.shape[0])
             psnr = (10 * torch.log10(1.0 / ((pred - y) ** 2).mean((1, 2, 3)).clamp_min(1e-10))).mean()
-            self.log("val/psnr", psnr, prog_bar=True, sync_dist=True)
+            self.log("val/psnr", psnr, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
             win = 11 if min(y.shape[-2:]) >= 11 * 4 else 3
-            self.log("val/ssim", ssim(pred, y, data_range=1.0, win_size=win), sync_dist=True)
+            self.log("val/ssim", ssim(pred, y, data_range=1.0, win_size=win), sync_dist=True, batch_size=x.shape[0])
             cp, ct = nodule_contrast_batch(pred, nm), nodule_contrast_batch(y, nm)
             ok = ~torch.isnan(ct)
             if ok.any():
-                self.log("val/nodule_contrast", cp[ok].mean(), sync_dist=True)
-                self.log("val/nodule_contrast_target", ct[ok].mean(), sync_dist=True)
-                self.log("val/nodule_contrast_ratio", (cp[ok] / ct[ok].clamp_min(1e-6)).mean(), sync_dist=True)
+                self.log("val/nodule_contrast", cp[ok].mean(), sync_dist=True, batch_size=x.shape[0])
+                self.log("val/nodule_contrast_target", ct[ok].mean(), sync_dist=True, batch_size=x.shape[0])
+                self.log("val/nodule_contrast_ratio", (cp[ok] / ct[ok].clamp_min(1e-6)).mean(), sync_dist=True, batch_size=x.shape[0])
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.net.extract.parameters(), lr=self.opts.lr)
