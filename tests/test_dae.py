@@ -286,7 +286,7 @@ def test_simulated_pairs_from_simulate_output(tmp_path):
     bone[20:30] = 1.0
     np.save(tmp_path / "samples" / "ct000_s00000.npy", np.stack([soft + bone, bone, soft]))
     (tmp_path / "samples" / "ct000_s00000.json").write_text("{}")
-    item = SimulatedPairs(tmp_path, size=64)[0]
+    item = SimulatedPairs(tmp_path, size=64, augment=False)[0]
     assert item["cxr"].shape == item["soft"].shape == (1, 64, 64)
     d = item["bone"][0]
     assert d[20:30].mean() > 5 * d[40:].abs().mean()  # the bone layer is where the bone was

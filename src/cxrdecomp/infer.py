@@ -8,6 +8,9 @@ Python API::
     out = dec("chest.dcm")                            # or a DICOM / PNG / JPEG / TIFF file path
     out.bone, out.soft_tissue, out.enhanced           # (H, W) float32 tensors, same size as the input
 
+Lung-structure methods (lung paper §2.4, Eq. 6): ``enhanced = I + w·lung`` with ``lung`` the lung X-ray
+rescaled to [0, 1], plus ``enhanced_w<w>`` extras for the ``w_levels`` option.
+
 Composition (Bone-extraction paper §2.4, weighted summation), in the display domain:
 ``soft_tissue = I − w_s·bone`` and ``enhanced = I + w·bone``, with ``bone`` the model's change
 (``x − soft`` for soft-tissue methods) computed at model size, upsampled, and applied to the
@@ -235,5 +238,17 @@ class Decomposer:
             if k not in ("bone", "soft_tissue"):
                 d.extra[k] = up(v)[0, 0].cpu()
         if "lung" in d.extra and d.enhanced is None:
-            d.enhanced = torch.add(full[0, 0], d.extra["lung"].to(full.device), alpha=float(opts["w"])).cpu()
+            # lung paper Eq. 6: I_enhanced = I + w·I_lung, for w and each of the optional "w_levels"
+            # (extras "enhanced_w<w>"); with "enhanced_rescale" an image exceeding 1 is divided by its max.
+            lung = d.extra["lung"].to(full.device)
+
+            def fuse(wl: float) -> torch.Tensor:
+                e = torch.add(full[0, 0], lung, alpha=wl)
+                if opts.get("enhanced_rescale", False) and float(e.max()) > 1.0:
+                    e = e / e.max()
+                return e.cpu()
+
+            d.enhanced = fuse(float(opts["w"]))
+            for wl in opts.get("w_levels", ()) or ():
+                d.extra[f"enhanced_w{float(wl):g}"] = fuse(float(wl))
         return d

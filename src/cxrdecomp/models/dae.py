@@ -296,7 +296,7 @@ class SimulatedPairs(torch.utils.data.Dataset):
         DataNotFoundError: the folder holds none of these.
     """
 
-    def __init__(self, root: str | os.PathLike, size: int = 512):
+    def __init__(self, root: str | os.PathLike, size: int = 512, augment: bool = True):
         root = Path(root)
         self.size = size
         self.wrapped = None
@@ -314,7 +314,7 @@ class SimulatedPairs(torch.utils.data.Dataset):
             except ImportError:
                 _SimulateOutput = None
             if _SimulateOutput is not None:
-                self.wrapped = _SimulateOutput(root, size=size, augment=True)
+                self.wrapped = _SimulateOutput(root, size=size, augment=augment)
                 self.names = [p.stem for p in self.wrapped.files]
                 return
             cxrs, softs = [], []

@@ -29,12 +29,14 @@ METHODS: dict[str, str] = {
     "bone_unet": "cxrdecomp.models.unet:build_bone_unet:predict_bone",
     "dae": "cxrdecomp.models.dae:build_dae:predict_dae",  # disentanglement autoencoder (issue 6)
     "ae": "cxrdecomp.models.dae:build_dae:predict_dae",  # its plain-autoencoder ablation baselines
+    "lung": "cxrdecomp.models.lung:build_lung:predict_lung",
 }
 
 # short names accepted by the CLI's --method -> bundled checkpoint name
 DEFAULT_CHECKPOINT: dict[str, str] = {
     "bone": "bone",
     "dae": "dae",
+    "lung": "lung",
 }
 
 
