@@ -27,11 +27,13 @@ from cxrdecomp.errors import CheckpointError
 # method name -> "module:builder_function:predict_function"
 METHODS: dict[str, str] = {
     "bone_unet": "cxrdecomp.models.unet:build_bone_unet:predict_bone",
+    "bsdiff": "cxrdecomp.models.bsdiff:build_bsdiff:predict_bsdiff",
 }
 
 # short names accepted by the CLI's --method -> bundled checkpoint name
 DEFAULT_CHECKPOINT: dict[str, str] = {
     "bone": "bone",
+    "bsdiff": "bsdiff",
 }
 
 
