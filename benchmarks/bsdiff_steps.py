@@ -81,7 +81,9 @@ def main(argv=None) -> int:
 
     rows = [{"config": "identity (input)", "sampler": "-", "steps": 0, "enhancer": False, "s_per_image": 0.0, **metrics(I_small)}]
     # warm-up (CUDA kernels, autotuning) outside the timings
-    model.sample(cond[:1], steps=2, sampler="ddim", seed=a.seed, amp=amp)
+    model.sample(cond, steps=2, sampler="ddim", seed=a.seed, amp=amp)
+    if has_enh:
+        model.enhance(cond, amp=amp)
     for spec in a.configs.split(","):
         sampler, steps = spec.split(":")
         steps = int(steps)
