@@ -30,6 +30,7 @@ METHODS: dict[str, str] = {
     "dae": "cxrdecomp.models.dae:build_dae:predict_dae",  # disentanglement autoencoder (issue 6)
     "ae": "cxrdecomp.models.dae:build_dae:predict_dae",  # its plain-autoencoder ablation baselines
     "lung": "cxrdecomp.models.lung:build_lung:predict_lung",
+    "bsdiff": "cxrdecomp.models.bsdiff:build_bsdiff:predict_bsdiff",
 }
 
 # short names accepted by the CLI's --method -> bundled checkpoint name
@@ -37,6 +38,7 @@ DEFAULT_CHECKPOINT: dict[str, str] = {
     "bone": "bone",
     "dae": "dae",
     "lung": "lung",
+    "bsdiff": "bsdiff",
 }
 
 
