@@ -113,6 +113,7 @@ def save(folder: str | os.PathLike, model, config: dict[str, Any], card: str) ->
             v = v.to(dtype)
         state[k] = v
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; a checkpoint is meant to be shared
     try:
         save_file(state, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
