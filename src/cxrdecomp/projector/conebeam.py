@@ -201,7 +201,7 @@ def _shearwarp_one(pv: PreparedVolume, org, dirn, a: int, parallel: bool, oversa
         clo, chi = float(e.min()), float(e.max())
         lo2 = lo + math.floor(max(0.0, clo - lo) / s) * s
         hi2 = min(hi, chi)
-        cnt = max(2, int(math.floor((hi2 - lo2) / s + 1e-6)) + 1)
+        cnt = max(2, int(math.ceil((hi2 - lo2) / s - 1e-6)) + 1)
         return lo2, cnt
     lo1, m1 = _range(P1, s1, al1, be1, n1)
     lo2, m2 = _range(P2, s2, al2, be2, n2)
