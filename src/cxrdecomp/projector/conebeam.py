@@ -65,10 +65,22 @@ class PreparedVolume:
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise InputError(f"spacing must be 3 positive mm values, got {spacing}")
         self._layouts: dict[int, torch.Tensor] = {}
+        self._shape = tuple(self.volume.shape[1:])
+        self.channels = self.volume.shape[0]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.volume.shape[1:])  # type: ignore[return-value]
+        return self._shape  # type: ignore[return-value]
+
+    def compact(self, axes=(1,)) -> "PreparedVolume":
+        """Build the layouts for ``axes`` (Y = AP views) and drop the raw volume to halve memory.
+
+        Afterwards only poses whose dominant axis is in ``axes`` and the ``joseph``/``shearwarp`` methods work.
+        """
+        for a in axes:
+            self.layout(a)
+        self.volume = self.volume[:, :0]  # keeps device/dtype/channels, frees the voxels
+        return self
 
     def axes(self, a: int) -> tuple[int, int]:
         o = [b for b in range(3) if b != a]
@@ -77,6 +89,8 @@ class PreparedVolume:
     def layout(self, a: int) -> torch.Tensor:
         if a in self._layouts:
             return self._layouts[a]
+        if self.volume.shape[1] == 0:
+            raise InputError(f"this PreparedVolume was compacted for axes {sorted(self._layouts)}; view axis {a} needs the raw volume")
         b1, b2 = self.axes(a)
         lay = self.volume.permute(1 + a, 0, 1 + b1, 1 + b2).contiguous()
         if not self.volume.requires_grad:
@@ -341,6 +355,8 @@ def forward_project(
     pose = pose.to(pv.volume.device, dt)
     org, dirn = _rays_index(pv, pose, detector, parallel, dt)
     if method == "trilinear":
+        if pv.volume.shape[1] == 0:
+            raise InputError("the trilinear method needs the raw volume; this PreparedVolume was compacted")
         return _trilinear(pv, org, dirn, parallel, step, n_samples, chunk_elems)
     a = _dominant_axis(dirn, pv.spacing)
     if method == "joseph":
