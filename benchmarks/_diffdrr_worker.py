@@ -30,9 +30,9 @@ def main() -> None:
         img = torchio.ScalarImage(tensor=torch.from_numpy(vol)[None].float(), affine=affine)
         subject = read(img, orientation="AP")
         kw = {}
-        drr = DRR(subject, sdd=case["sdd"], height=case["size"], delx=case["delx"], renderer=case["renderer"]).to(dev)
+        drr = DRR(subject, sdd=case["sdd"], height=case["size"], delx=case["delx"], renderer=case["renderer"],
+                  patch_size=case.get("patch_size")).to(dev)
         # Replace DiffDRR's HU->density mapping by the raw values so both renderers see the same µ.
-        drr.density = torch.from_numpy(vol).float().to(dev) if not hasattr(drr.density, "data") else drr.density
         with torch.no_grad():
             drr.density.copy_(torch.from_numpy(vol).float().to(drr.density.device).reshape(drr.density.shape))
         nb = case.get("batch", 1)
