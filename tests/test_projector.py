@@ -118,8 +118,8 @@ def test_parallel_identity_equals_ap_sum():
     assert torch.allclose(a[0, 0], line_integral_ap(mu, sp[1]))
     det = Detector(16, 20, (3.0, 1.0))
     for m in METHODS:
-        b = parallel_projection(mu, sp, pose=Pose.identity(), detector=det, method=m, n_samples=24)
-        assert torch.allclose(a, b, atol=1e-4), m
+        b = parallel_projection(mu, sp, pose=Pose.identity(), detector=det, method=m, n_samples=2000)
+        assert torch.allclose(a, b, atol=1e-4 if m != "trilinear" else 2e-3), m
 
 
 def test_cone_tends_to_parallel():

@@ -43,7 +43,7 @@ def parallel_projection(
     spacing,
     pose=None,
     detector=None,
-    method: str = "shearwarp",
+    method: str = "joseph",
     **kwargs,
 ) -> torch.Tensor:
     """Parallel-beam line integrals at any angle (attenuation domain; XraySyn Eq. 2 with a parallel camera).

@@ -205,7 +205,7 @@ class CT2Xray(torch.nn.Module):
         labels, label_names: optional label map and names (bone and lung from labels, see
             :func:`cxrdecomp.physics.materials.segment_materials`).
         spectrum: a :class:`Spectrum` (default SpekPy 120 kVp, 2.5 mm Al).
-        method: projector method (``"shearwarp"`` fast on CPU; ``"joseph"`` exact rays).
+        method: projector method (``"joseph"`` exact rays; ``"shearwarp"`` fastest on CPU).
         device: where the material volume lives.
 
     ``forward(pose)`` returns a dict of ``(B, ·, H, W)`` tensors: ``thickness`` (bone, soft_tissue, lung in
@@ -213,7 +213,7 @@ class CT2Xray(torch.nn.Module):
     (max I − I), ``soft_log`` (bone replaced by soft tissue of equal volume; attenuation domain).
     """
 
-    def __init__(self, hu, spacing, detector: Detector, labels=None, label_names=None, spectrum: Spectrum | None = None, method: str = "shearwarp", device=None) -> None:
+    def __init__(self, hu, spacing, detector: Detector, labels=None, label_names=None, spectrum: Spectrum | None = None, method: str = "joseph", device=None) -> None:
         super().__init__()
         self.volume = PreparedVolume(material_volume(hu, labels, label_names, device=device), spacing)
         self.detector, self.method = detector, method
