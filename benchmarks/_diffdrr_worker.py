@@ -28,7 +28,7 @@ def main() -> None:
         vol = np.load(case["volume"])  # (X, Y, Z) µ or density, RAS
         affine = np.diag(list(case["spacing"]) + [1.0])
         img = torchio.ScalarImage(tensor=torch.from_numpy(vol)[None].float(), affine=affine)
-        subject = read(img, orientation=case.get("orientation", "PA"))
+        subject = read(img, orientation=case.get("orientation", "AP"))
         kw = {}
         drr = DRR(subject, sdd=case["sdd"], height=case["size"], delx=case["delx"], renderer=case["renderer"],
                   patch_size=case.get("patch_size")).to(dev)
