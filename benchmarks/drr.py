@@ -129,7 +129,7 @@ def run_diffdrr(py: str, cases: list[dict], device: str, threads: int) -> dict:
 
 
 def memory_512(mu_path: str, spacing, method: str) -> float:
-    """Peak RSS growth (GB) of one 512×512 DRR, measured in a fresh subprocess."""
+    """Whole-process peak RSS (GB: Python + torch + CT volume + one 512×512 DRR), in a fresh subprocess."""
     code = f"""
 import resource, sys, numpy as np, torch
 sys.path.insert(0, {str(ROOT / 'src')!r})
@@ -138,10 +138,9 @@ from cxrdecomp.projector.conebeam import PreparedVolume, forward_project
 from cxrdecomp.projector.geometry import Detector, Pose
 pv = PreparedVolume(torch.from_numpy(np.load({mu_path!r})), {tuple(spacing)!r}).compact((1,))
 det = Detector.covering(370.0, 512, sdd=1020.0, sod=800.0)
-forward_project(pv, Pose.from_angles([0.0]), det, method='shearwarp')
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 forward_project(pv, Pose.from_angles([12.0], [-9.0]), det, method={method!r})
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1e6)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else float("nan")
@@ -260,7 +259,7 @@ def main() -> None:
                 e3 = rel_errors(img, f2, interior)
                 print(f"CT vs DiffDRR's own fine ref  DiffDRR tri500  mean rel err {e3['mean_rel']:.2e}")
     if dev.type == "cpu":
-        print(f"peak memory growth, 512² cone DRR (shearwarp): {memory_512(mu_path, sp, 'shearwarp'):.2f} GB; "
+        print(f"peak process memory, 512² cone DRR incl. CT (shearwarp): {memory_512(mu_path, sp, 'shearwarp'):.2f} GB; "
               f"(joseph): {memory_512(mu_path, sp, 'joseph'):.2f} GB")
     else:
         torch.cuda.reset_peak_memory_stats()
