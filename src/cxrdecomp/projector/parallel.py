@@ -38,3 +38,39 @@ def mean_ap(mu: torch.Tensor) -> torch.Tensor:
     Shape: ``(..., X, Y, Z)`` → ``(..., Z, X)``, same orientation as :func:`line_integral_ap`.
     """
     return mu.mean(dim=-2).transpose(-1, -2).flip(-2).flip(-1)
+
+
+def parallel_projection(
+    mu: torch.Tensor,
+    spacing,
+    pose=None,
+    detector=None,
+    method: str = "joseph",
+    **kwargs,
+) -> torch.Tensor:
+    """Parallel-beam line integrals at any angle (attenuation domain; XraySyn Eq. 2 with a parallel camera).
+
+    Args:
+        mu: ``(X, Y, Z)`` or ``(C, X, Y, Z)`` µ in cm⁻¹.
+        spacing: voxel size ``(sx, sy, sz)`` mm.
+        pose: :class:`~cxrdecomp.projector.geometry.Pose` (``None`` = PA along +Y). The rays run along
+            ``R·(0, 1, 0)``; the detector plane passes through the volume centre.
+        detector: :class:`~cxrdecomp.projector.geometry.Detector` (``None`` = the voxel grid: ``Z×X``
+            pixels of ``(sz, sx)`` mm, the :func:`line_integral_ap` layout).
+        method: see :func:`cxrdecomp.projector.conebeam.forward_project`.
+
+    Returns:
+        ``(B, C, H, W)`` line integrals. With ``pose`` and ``detector`` both ``None`` this is exactly
+        :func:`line_integral_ap` (a plain sum over Y, the memory-bandwidth floor).
+    """
+    from cxrdecomp.projector.conebeam import forward_project
+    from cxrdecomp.projector.geometry import Detector, Pose
+
+    vol = mu if mu.ndim == 4 else mu[None]
+    if pose is None and detector is None:
+        return line_integral_ap(vol, float(spacing[1]))[None]
+    if detector is None:
+        detector = Detector(vol.shape[3], vol.shape[1], (float(spacing[2]), float(spacing[0])))
+    if pose is None:
+        pose = Pose.identity(device=vol.device)
+    return forward_project(vol, pose, detector, spacing, parallel=True, method=method, **kwargs)
