@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "dilate_from": 2, "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
     "precision": None, "vgg_weights": None, "perceptual_weight": 1.0, "real_pairs": None, "resume": True,
     "num_workers": 0, "val_fraction": 0.1, "bone_scale": "auto", "display": "log", "progress": True,
-    "limit_val_batches": 1.0, "dtype": "float16", "seed": 0,
+    "limit_val_batches": 1.0, "dtype": "float16", "seed": 0, "max_minutes": None,
 }
 
 
@@ -209,4 +209,5 @@ def train_bone_unet(options: dict[str, Any]) -> Path:
         progress=bool(o["progress"]),
         limit_val_batches=o["limit_val_batches"],
         log_every=max(1, min(50, len(train_loader))),
+        max_minutes=float(o["max_minutes"]) if o["max_minutes"] else None,
     )

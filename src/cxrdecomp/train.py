@@ -3,8 +3,10 @@
 A method supplies a :class:`MethodModule` (a ``LightningModule`` whose ``net`` attribute is the
 network the registry builds) and data loaders; :func:`fit` does the rest:
 
-* ``OUT/last.ckpt`` (Lightning state, written every epoch and on interrupt) — rerunning the same
-  command resumes from it after a kill;
+* ``OUT/last.ckpt`` (Lightning state, written at the end of every epoch; a link to the newest
+  ``epoch=N-step=M.ckpt``) — rerunning the same command resumes from it after a kill;
+* an optional wall-time budget (``max_minutes``; Lightning's ``max_time``, kept across resumes) after
+  which training stops cleanly and the model is exported;
 * ``OUT/logs/`` CSV and TensorBoard logs; a progress bar;
 * ``OUT/model/`` — the exported checkpoint folder (safetensors + config.json + MODEL_CARD.md),
   loadable with ``Decomposer.from_pretrained(OUT/"model")``;
@@ -88,18 +90,22 @@ def make_trainer(
     val_every: int = 1,
     limit_val_batches: float | int = 1.0,
     log_every: int = 10,
+    max_minutes: float | None = None,
 ) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True)
+    ckpt = ModelCheckpoint(dirpath=out, save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
     ckpt.CHECKPOINT_NAME_LAST = "last"
     loggers = [CSVLogger(out / "logs", name="", version=""), TensorBoardLogger(out / "logs", name="", version="")]
     if strategy == "auto" and (devices not in (1, "1") or num_nodes > 1):
         strategy = "ddp"
+    from datetime import timedelta
+
     return L.Trainer(
         default_root_dir=out,
+        max_time=timedelta(minutes=max_minutes) if max_minutes else None,
         max_epochs=max_epochs,
         max_steps=max_steps,
         accelerator=accelerator,
