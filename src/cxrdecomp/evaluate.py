@@ -614,6 +614,11 @@ def evaluate_pairs(pairs_dir: str | os.PathLike, out: str | os.PathLike, *, meth
         predict = lambda img: _predict_soft(dec, img)  # noqa: E731
     s = run_evaluation(gen(), out, label=label, predict=predict, info=info, save_pred=save_pred,
                        progress=progress, total=len(names))
+    return _prepend_notes(s, notes, out)
+
+
+def _prepend_notes(s: dict, notes: list, out: str | os.PathLike) -> dict:
+    """Put ``notes`` first in the summary's notes and rewrite ``OUT/summary.json`` (atomically)."""
     if notes:
         s["notes"] = notes + s["notes"]
         with atomic_path(Path(out) / "summary.json") as tmp:
@@ -633,11 +638,7 @@ def evaluate_simulated(sim_dir: str | os.PathLike, out: str | os.PathLike, *, me
     info = {"simulated": str(sim_dir), "method": dec.method, "checkpoint": source, "input_size": dec.size}
     s = run_evaluation(gen(), out, label=method or dec.method, predict=lambda img: _predict_soft(dec, img), info=info,
                        progress=progress, total=len(names))
-    if notes:
-        s["notes"] = notes + s["notes"]
-        with atomic_path(Path(out) / "summary.json") as tmp:
-            tmp.write_text(json.dumps(s, indent=2, allow_nan=False, default=str) + "\n")
-    return s
+    return _prepend_notes(s, notes, out)
 
 
 def format_table(summary: dict) -> str:
