@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     rows = [{"config": "identity (input)", "sampler": "-", "steps": 0, "enhancer": False, "s_per_image": 0.0, **metrics(I_small)}]
     # warm-up (CUDA kernels, autotuning) outside the timings
-    model.sample(cond, steps=2, sampler="ddim", seed=a.seed, amp=amp)
+    model.sample(cond, steps=2, sampler="ddim", seed=a.seed, amp=amp, cxr=I_small)
     if has_enh:
         model.enhance(cond, amp=amp)
     for spec in a.configs.split(","):
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         steps = int(steps)
         _sync(dev)
         t0 = time.perf_counter()
-        y = model.sample(cond, steps=steps, sampler=sampler, seed=a.seed, amp=amp)
+        y = model.sample(cond, steps=steps, sampler=sampler, seed=a.seed, amp=amp, cxr=I_small)
         _sync(dev)
         dt = (time.perf_counter() - t0) / n
         name = f"{sampler.upper()} {model.num_train_timesteps if sampler == 'ddpm' else steps}"

@@ -298,6 +298,10 @@ def train_bsdiff_cmd(
     attention_levels: Optional[str] = typer.Option(None, help="Self-attention per level as 0/1, e.g. 0,1,1,1,1."),
     enhancer_channels: Optional[str] = typer.Option(None, help="Stage 2 autoencoder widths, e.g. 32,64,64."),
     norm_groups: Optional[int] = typer.Option(None, help="GroupNorm groups (widths must be multiples)."),
+    res_blocks: Optional[int] = typer.Option(None, help="Stage 1 residual blocks per level (paper: 3)."),
+    prediction: Optional[str] = typer.Option(None, help="Stage 1 network output: epsilon (paper), sample (x0) or v_prediction."),
+    target: Optional[str] = typer.Option(None, help="Stage 1 diffusion target: soft (paper) or residual (scale·(soft − radiograph); small budgets)."),
+    condition: Optional[str] = typer.Option(None, help="Stage 1 condition: clahe (paper), raw or raw+clahe."),
     perceptual_weights: Optional[Path] = typer.Option(None, help="Stage 2: torchvision VGG16 state dict; without it the perceptual term is off."),
     gen_steps: int = typer.Option(20, help="Stage 2: DDIM steps used to make the stage-1 outputs it learns from."),
     val_steps: int = typer.Option(10, help="Stage 1: DDIM steps of the validation samples (0: loss only)."),
@@ -323,6 +327,9 @@ def train_bsdiff_cmd(
         model["enhancer_channels"] = _ints(enhancer_channels)
     if norm_groups:
         model["norm_num_groups"] = norm_groups
+    for key, value in (("num_res_blocks", res_blocks), ("prediction_type", prediction), ("target", target), ("condition", condition)):
+        if value is not None:
+            model[key] = value
     folder = train_bsdiff(
         {
             "stage": stage, "data": data, "out": out, "stage1": stage1, "epochs": epochs, "repeats": repeats,

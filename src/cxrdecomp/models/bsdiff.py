@@ -45,6 +45,9 @@ BETA_END = 0.0205
 NUM_TRAIN_TIMESTEPS = 1000
 SCHEDULE = "bsdiff_cosine_beta"
 DEFAULT_STEPS = 20
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TARGETS = ("soft", "residual")
+CONDITIONS = ("clahe", "raw", "raw+clahe")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,6 +94,7 @@ def make_scheduler(
     schedule: str = SCHEDULE,
     beta_start: float = BETA_START,
     beta_end: float = BETA_END,
+    prediction_type: str = "epsilon",
     device: torch.device | str | None = None,
 ):
     """A MONAI scheduler for training (``"ddpm"``) or sampling (``"ddpm"`` with all T steps, ``"ddim"``).
@@ -105,11 +109,15 @@ def make_scheduler(
         steps: DDIM steps ``1 … T`` (ignored for DDPM).
         schedule: a name in ``monai.networks.schedulers.NoiseSchedules`` (``"bsdiff_cosine_beta"``,
             ``"linear_beta"``, ``"scaled_linear_beta"``, ``"cosine"``).
+        prediction_type: what the network predicts: ``"epsilon"`` (the paper), ``"sample"`` (x0) or
+            ``"v_prediction"`` (Salimans & Ho 2022).
 
     Raises:
         ConfigError: unknown sampler or schedule, steps outside ``1 … T``.
     """
-    kw: dict[str, Any] = {"num_train_timesteps": num_train_timesteps, "schedule": schedule}
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+    kw: dict[str, Any] = {"num_train_timesteps": num_train_timesteps, "schedule": schedule, "prediction_type": prediction_type}
     if schedule != "cosine":
         kw.update(beta_start=beta_start, beta_end=beta_end)
     if schedule not in NoiseSchedules.components:
@@ -158,6 +166,33 @@ def clahe(x: torch.Tensor, clip_limit: float = 0.01, kernel_size: int | None = N
     return torch.from_numpy(out.reshape(a.shape)).to(device=x.device, dtype=x.dtype)
 
 
+def make_condition(x: torch.Tensor, mode: str = "clahe") -> torch.Tensor:
+    """Conditioning channels of display-domain radiographs ``x`` ``(B, 1, S, S)`` in ``[0, 1]``.
+
+    ``mode``: ``"clahe"`` (the paper: CLAHE(x)), ``"raw"`` (x) or ``"raw+clahe"`` (both, 2 channels; the
+    network then sees the intensity scale it must reproduce and the equalised detail). Each channel is
+    mapped to ``[−1, 1]``.
+
+    Returns:
+        ``(B, C, S, S)`` with ``C = 2`` for ``"raw+clahe"``, else 1.
+
+    Raises:
+        ConfigError: unknown mode.
+    """
+    if mode not in CONDITIONS:
+        raise ConfigError(f"unknown condition {mode!r}; use one of {CONDITIONS}")
+    x = x.clamp(0, 1)
+    parts = {"clahe": [clahe(x)], "raw": [x], "raw+clahe": [x, clahe(x)]}[mode]
+    return torch.cat([2 * p - 1 for p in parts], 1)
+
+
+def condition_of(x: torch.Tensor, mode: str = "clahe", use_clahe: bool = True) -> torch.Tensor:
+    """:func:`make_condition`, or with ``use_clahe=False`` the raw image in every channel of ``mode``."""
+    if use_clahe:
+        return make_condition(x, mode)
+    return make_condition(x, "raw").repeat(1, 2 if mode == "raw+clahe" else 1, 1, 1)
+
+
 # ------------------------------------------------------------------------------------------------
 # Networks
 # ------------------------------------------------------------------------------------------------
@@ -203,53 +238,94 @@ class Enhancer(nn.Module):
 class BSDiff(nn.Module):
     """Both BS-Diff stages in one module: ``unet`` (stage 1 noise predictor) and ``enhancer`` (stage 2).
 
+    What the diffusion runs on (``target``): ``"soft"`` — the soft-tissue image ``S`` in ``[−1, 1]``
+    (the paper) — or ``"residual"`` — ``x0 = residual_scale · (S − I)`` in the display domain, i.e. the
+    negated bone image, which is near zero almost everywhere, so that a briefly trained model stays close
+    to the identity instead of sampling noise (a small-budget option, not the paper's).
+
     Args:
-        unet: MONAI ``DiffusionModelUNet`` with 2 input channels (noisy soft tissue, radiograph) and 1 output
-            (predicted noise ε).
+        unet: MONAI ``DiffusionModelUNet`` with ``1 + C`` input channels (noisy target, ``C`` condition
+            channels, see :func:`make_condition`) and 1 output (ε, x0 or v: ``prediction_type``).
         enhancer: :class:`Enhancer`.
-        diffusion: ``{"num_train_timesteps", "schedule", "beta_start", "beta_end"}``.
+        diffusion: ``{"num_train_timesteps", "schedule", "beta_start", "beta_end", "prediction_type"}``.
+        target: ``"soft"`` or ``"residual"``; residual_scale: the factor of the residual target.
+        condition: :func:`make_condition` mode.
     """
 
-    def __init__(self, unet: nn.Module, enhancer: nn.Module, diffusion: dict[str, Any]):
+    def __init__(self, unet: nn.Module, enhancer: nn.Module, diffusion: dict[str, Any], target: str = "soft", residual_scale: float = 3.0,
+                 condition: str = "clahe"):
         super().__init__()
+        if target not in TARGETS:
+            raise ConfigError(f"unknown target {target!r}; use one of {TARGETS}")
         self.unet = unet
         self.enhancer = enhancer
-        self.diffusion = dict(diffusion)
+        self.diffusion = {"prediction_type": "epsilon", **diffusion}
         self.num_train_timesteps = int(diffusion["num_train_timesteps"])
         self.divisor = 2 ** (len(unet.block_out_channels) - 1)
+        self.target, self.residual_scale, self.cond_mode = target, float(residual_scale), condition
+
+    def to_target(self, soft: torch.Tensor, cxr: torch.Tensor | None) -> torch.Tensor:
+        """Diffusion target x0 of soft tissue ``soft`` (``[−1, 1]``) given the display-domain radiograph ``cxr``."""
+        if self.target == "soft":
+            return soft
+        return self.residual_scale * ((soft + 1) / 2 - cxr)
+
+    def from_target(self, x0: torch.Tensor, cxr: torch.Tensor | None) -> torch.Tensor:
+        """Inverse of :meth:`to_target`: soft tissue in ``[−1, 1]``."""
+        if self.target == "soft":
+            return x0
+        return (2 * (cxr + x0 / self.residual_scale) - 1).clamp(-1, 1)
 
     def scheduler(self, sampler: str = "ddpm", steps: int | None = None, device=None):
         """The MONAI scheduler of this model's noise schedule (see :func:`make_scheduler`)."""
         return make_scheduler(sampler, steps, device=device, **self.diffusion)
 
-    @staticmethod
-    def condition(x: torch.Tensor, use_clahe: bool = True) -> torch.Tensor:
-        """Conditioning input: display-domain radiograph ``(B, 1, S, S)`` in ``[0, 1]`` → CLAHE → ``[−1, 1]``."""
-        x = x.clamp(0, 1)
-        return 2 * (clahe(x) if use_clahe else x) - 1
+    def condition(self, x: torch.Tensor, use_clahe: bool = True) -> torch.Tensor:
+        """Conditioning input of display-domain radiographs ``(B, 1, S, S)``: :func:`make_condition` with this
+        model's mode (``use_clahe=False`` replaces CLAHE by the raw image, keeping the channel count)."""
+        return condition_of(x, self.cond_mode, use_clahe)
 
-    def noise_loss(self, soft: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None, inferer=None) -> torch.Tensor:
-        """DDPM training loss (BS-Diff Eq. 3): MSE between the noise and the U-Net's prediction of it.
+    def noise_loss(self, soft: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None, inferer=None,
+                   cxr: torch.Tensor | None = None, unet: nn.Module | None = None) -> torch.Tensor:
+        """Diffusion training loss: MSE between the network output and its target (BS-Diff Eq. 3 for ε).
+
+        The target is the noise ε (``prediction_type="epsilon"``, the paper), the clean x0 (``"sample"``)
+        or the velocity ``v = √ᾱ_t ε − √(1−ᾱ_t) x0`` (``"v_prediction"``).
 
         Args:
             soft: target soft tissue ``(B, 1, S, S)`` in ``[−1, 1]``.
-            cond: conditioning radiograph ``(B, 1, S, S)`` in ``[−1, 1]`` (see :meth:`condition`).
+            cond: conditioning ``(B, C, S, S)`` in ``[−1, 1]`` (see :meth:`condition`).
             noise, timesteps: drawn here (standard normal, uniform in ``0 … T−1``) when ``None``.
             inferer: a MONAI ``DiffusionInferer`` (built from this model's DDPM schedule when ``None``).
+            cxr: display-domain radiograph ``(B, 1, S, S)``; needed for ``target="residual"``.
+            unet: network to evaluate instead of ``self.unet`` (e.g. EMA weights).
 
         Returns:
             Scalar loss.
+
+        Raises:
+            ConfigError: ``target="residual"`` without ``cxr``.
         """
         from monai.inferers import DiffusionInferer
 
+        if self.target == "residual" and cxr is None:
+            raise ConfigError("a residual-target BS-Diff needs the radiograph (cxr) for its loss")
+        x0 = self.to_target(soft, cxr)
         if inferer is None:
             inferer = DiffusionInferer(self.scheduler("ddpm"))
         if noise is None:
-            noise = torch.randn_like(soft)
+            noise = torch.randn_like(x0)
         if timesteps is None:
-            timesteps = torch.randint(0, self.num_train_timesteps, (soft.shape[0],), device=soft.device)
-        pred = inferer(inputs=soft, diffusion_model=self.unet, noise=noise, timesteps=timesteps, condition=cond, mode="concat")
-        return F.mse_loss(pred.float(), noise.float())
+            timesteps = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        pred = inferer(inputs=x0, diffusion_model=unet if unet is not None else self.unet, noise=noise, timesteps=timesteps, condition=cond, mode="concat")
+        kind = self.diffusion["prediction_type"]
+        if kind == "epsilon":
+            ref = noise
+        elif kind == "sample":
+            ref = x0
+        else:
+            ref = inferer.scheduler.get_velocity(x0, noise, timesteps)
+        return F.mse_loss(pred.float(), ref.float())
 
     @torch.no_grad()
     def sample(
@@ -261,6 +337,7 @@ class BSDiff(nn.Module):
         amp: bool = True,
         progress: bool = False,
         unet: nn.Module | None = None,
+        cxr: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Reverse diffusion from pure noise to a soft-tissue image given the radiograph.
 
@@ -268,7 +345,7 @@ class BSDiff(nn.Module):
         run by MONAI's ``DiffusionInferer.sample`` in ``concat`` mode.
 
         Args:
-            cond: ``(B, 1, S, S)`` conditioning radiograph in ``[−1, 1]``; ``S`` divisible by ``2**4``.
+            cond: ``(B, C, S, S)`` conditioning (:meth:`condition`); ``S`` divisible by ``2**4``.
             steps: DDIM steps (``1 … T``); DDPM always uses T.
             sampler: ``"ddim"`` or ``"ddpm"``.
             seed: seeds the initial noise and DDPM's per-step noise (``None``: global RNG state).
@@ -276,13 +353,14 @@ class BSDiff(nn.Module):
             amp: bfloat16 autocast on CUDA (≈10× faster attention); ignored on CPU.
             progress: show MONAI's tqdm bar.
             unet: noise predictor to use instead of ``self.unet`` (e.g. EMA weights).
+            cxr: the display-domain radiograph ``(B, 1, S, S)``; needed for ``target="residual"``.
 
         Returns:
             ``(B, 1, S, S)`` predicted soft tissue in ``[−1, 1]``.
 
         Raises:
             InputError: spatial size not divisible by the U-Net's downsampling factor.
-            ConfigError: unknown sampler or steps out of range.
+            ConfigError: unknown sampler or steps out of range; residual target without ``cxr``.
         """
         from monai.inferers import DiffusionInferer
 
@@ -290,11 +368,13 @@ class BSDiff(nn.Module):
 
         if cond.shape[-1] % self.divisor or cond.shape[-2] % self.divisor:
             raise InputError(f"BS-Diff needs a size divisible by {self.divisor}, got {tuple(cond.shape[-2:])}")
+        if self.target == "residual" and cxr is None:
+            raise ConfigError("a residual-target BS-Diff needs the radiograph (cxr) to sample")
         unet = unet if unet is not None else self.unet
         device = cond.device
         sch = self.scheduler(sampler, steps, device=None)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        noise = torch.randn(cond.shape, generator=gen, dtype=torch.float32).to(device)
+        noise = torch.randn((cond.shape[0], 1, *cond.shape[2:]), generator=gen, dtype=torch.float32).to(device)
         use_amp = amp and device.type == "cuda"
 
         def eps(x, timesteps, context=None):
@@ -307,7 +387,7 @@ class BSDiff(nn.Module):
             if seed is not None:
                 torch.manual_seed(int(seed))
             out = inferer.sample(input_noise=noise, diffusion_model=eps, scheduler=sch, conditioning=cond.float(), mode="concat", verbose=progress)
-        return out.clamp(-1, 1)
+        return self.from_target(out.clamp(-1, 1), cxr).clamp(-1, 1)
 
     def enhance(self, x: torch.Tensor, amp: bool = True) -> torch.Tensor:
         """Stage 2 on a stage-1 output ``(B, 1, S, S)`` in ``[−1, 1]`` → ``[−1, 1]``."""
@@ -332,6 +412,10 @@ def build_bsdiff(
     schedule: str = SCHEDULE,
     beta_start: float = BETA_START,
     beta_end: float = BETA_END,
+    prediction_type: str = "epsilon",
+    target: str = "soft",
+    residual_scale: float = 3.0,
+    condition: str = "clahe",
     **_ignored,
 ) -> BSDiff:
     """Build an untrained :class:`BSDiff` (both stages) from its ``config.json["model"]`` arguments.
@@ -340,10 +424,18 @@ def build_bsdiff(
     the paper's U-Net has channels (64, 128, 256, 512, 768) and its autoencoder (128, 256, 384) — together
     > 400 M parameters — which would not fit a committable 20 MB checkpoint.
 
+    ``prediction_type``, ``target`` and ``condition`` default to the paper (ε, soft tissue, CLAHE
+    radiograph); see :class:`BSDiff` and :func:`make_condition` for the small-budget alternatives.
+
     Raises:
-        ConfigError: inconsistent lengths or widths not divisible by ``norm_num_groups``.
+        ConfigError: inconsistent lengths, widths not divisible by ``norm_num_groups``, unknown options.
     """
     from monai.networks.nets import DiffusionModelUNet
+
+    if condition not in CONDITIONS:
+        raise ConfigError(f"unknown condition {condition!r}; use one of {CONDITIONS}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
 
     channels, attention_levels = tuple(int(c) for c in channels), tuple(bool(a) for a in attention_levels)
     if len(channels) != len(attention_levels):
@@ -353,7 +445,7 @@ def build_bsdiff(
         raise ConfigError(f"widths {bad} are not multiples of norm_num_groups={norm_num_groups}")
     unet = DiffusionModelUNet(
         spatial_dims=2,
-        in_channels=2,
+        in_channels=1 + (2 if condition == "raw+clahe" else 1),
         out_channels=1,
         channels=channels,
         attention_levels=attention_levels,
@@ -363,8 +455,9 @@ def build_bsdiff(
         use_flash_attention=True,
     )
     enhancer = Enhancer(enhancer_channels, enhancer_latent_channels, enhancer_res_blocks, norm_num_groups, enhancer_residual)
-    diffusion = {"num_train_timesteps": num_train_timesteps, "schedule": schedule, "beta_start": beta_start, "beta_end": beta_end}
-    return BSDiff(unet, enhancer, diffusion)
+    diffusion = {"num_train_timesteps": num_train_timesteps, "schedule": schedule, "beta_start": beta_start, "beta_end": beta_end,
+                 "prediction_type": prediction_type}
+    return BSDiff(unet, enhancer, diffusion, target=target, residual_scale=residual_scale, condition=condition)
 
 
 def predict_bsdiff(model: BSDiff, x: torch.Tensor, options: dict) -> dict[str, torch.Tensor]:
@@ -388,6 +481,7 @@ def predict_bsdiff(model: BSDiff, x: torch.Tensor, options: dict) -> dict[str, t
         seed=None if seed is None else int(seed),
         amp=bool(options.get("amp", True)),
         progress=bool(options.get("progress", False)),
+        cxr=x.clamp(0, 1).float(),
     )
     if options.get("enhance", False):
         y = model.enhance(y, amp=bool(options.get("amp", True)))
@@ -448,13 +542,15 @@ class BSDiffPairs(torch.utils.data.Dataset):
         augment: random horizontal flip, rotation by ``±rotate`` degrees and gamma contrast change
             ``γ = exp(U(−gamma, gamma))`` — the same transform for every image of an item.
         use_clahe: CLAHE on the conditioning radiograph.
+        condition: :func:`make_condition` mode of the model.
         repeats: the dataset is ``repeats`` passes over the pairs (longer epochs, fewer checkpoints).
 
     Items: ``{"cond", "soft"[, "source"]}`` in ``[−1, 1]`` and ``"cxr"`` in the display domain, each ``(1, S, S)``.
     """
 
-    def __init__(self, cxr, soft, source=None, augment: bool = False, use_clahe: bool = True, repeats: int = 1, rotate: float = 10.0, gamma: float = 0.2):
-        self.cxr, self.soft, self.source = cxr, soft, source
+    def __init__(self, cxr, soft, source=None, augment: bool = False, use_clahe: bool = True, repeats: int = 1, rotate: float = 10.0, gamma: float = 0.2,
+                 condition: str = "clahe"):
+        self.cxr, self.soft, self.source, self.cond_mode = cxr, soft, source, condition
         self.augment, self.use_clahe, self.repeats = augment, use_clahe, max(1, int(repeats))
         self.rotate, self.gamma = rotate, gamma
 
@@ -482,7 +578,7 @@ class BSDiffPairs(torch.utils.data.Dataset):
             stack = self._augment(stack)
         stack = stack.clamp(0, 1)
         cxr = stack[0:1]
-        item = {"cxr": cxr, "cond": BSDiff.condition(cxr[None], self.use_clahe)[0], "soft": 2 * stack[1:2] - 1}
+        item = {"cxr": cxr, "cond": condition_of(cxr[None], self.cond_mode, self.use_clahe)[0], "soft": 2 * stack[1:2] - 1}
         if self.source is not None:
             item["source"] = 2 * stack[2:3] - 1
         return item
@@ -626,7 +722,7 @@ def make_stage1_module(model_config: dict, *, input_size: int = 256, lr: float =
             return cfg
 
         def training_step(self, batch, batch_idx):
-            loss = self.net.noise_loss(batch["soft"], batch["cond"], inferer=self.inferer)
+            loss = self.net.noise_loss(batch["soft"], batch["cond"], inferer=self.inferer, cxr=batch["cxr"])
             self.log("train/loss", loss, prog_bar=True, batch_size=batch["soft"].shape[0])
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch["soft"].shape[0])
             return loss
@@ -639,10 +735,10 @@ def make_stage1_module(model_config: dict, *, input_size: int = 256, lr: float =
             gen = torch.Generator().manual_seed(1000 + batch_idx)
             noise = torch.randn(soft.shape, generator=gen).to(soft)
             t = torch.randint(0, self.net.num_train_timesteps, (soft.shape[0],), generator=gen).to(soft.device)
-            loss = F.mse_loss(self.inferer(inputs=soft, diffusion_model=self.ema.module, noise=noise, timesteps=t, condition=cond, mode="concat").float(), noise)
+            loss = self.net.noise_loss(soft, cond, noise=noise, timesteps=t, inferer=self.inferer, cxr=batch["cxr"], unet=self.ema.module)
             self.log("val/loss", loss, sync_dist=True, batch_size=soft.shape[0])
             if self.val_steps:
-                y = self.net.sample(cond, steps=self.val_steps, sampler="ddim", seed=batch_idx, unet=self.ema.module)
+                y = self.net.sample(cond, steps=self.val_steps, sampler="ddim", seed=batch_idx, unet=self.ema.module, cxr=batch["cxr"])
                 _val_metrics_log(self, (y + 1) / 2, batch)
 
         def configure_optimizers(self):
@@ -845,7 +941,7 @@ def _stage1_outputs(net: BSDiff, cxr: torch.Tensor, steps: int, use_clahe: bool,
     outs = []
     for i in range(0, len(cxr), batch):
         x = cxr[i : i + batch].to(device)
-        y = net.sample(net.condition(x, use_clahe), steps=steps, sampler="ddim", seed=i)
+        y = net.sample(net.condition(x, use_clahe), steps=steps, sampler="ddim", seed=i, cxr=x)
         outs.append(((y + 1) / 2).float().cpu())
     return torch.cat(outs)
 
@@ -899,8 +995,9 @@ def train_bsdiff(options: dict[str, Any]) -> Path:
             raise ConfigError(f"size {size} must be divisible by {net_probe.divisor}")
         module = make_stage1_module(model_config, input_size=size, lr=float(o["lr"]), ema_decay=float(o["ema"]), val_steps=int(o["val_steps"]),
                                     use_clahe=bool(o["clahe"]), max_minutes=o["max_minutes"])
-        train_ds = BSDiffPairs(tr_cxr, tr_soft, augment=bool(o["augment"]), use_clahe=bool(o["clahe"]), repeats=int(o["repeats"]))
-        val_ds = BSDiffPairs(va_cxr, va_soft, use_clahe=bool(o["clahe"]))
+        cmode = str(model_config.get("condition", "clahe"))
+        train_ds = BSDiffPairs(tr_cxr, tr_soft, augment=bool(o["augment"]), use_clahe=bool(o["clahe"]), repeats=int(o["repeats"]), condition=cmode)
+        val_ds = BSDiffPairs(va_cxr, va_soft, use_clahe=bool(o["clahe"]), condition=cmode)
     else:
         s1 = Path(o["stage1"]) if o["stage1"] else out.parent / "stage1" / "model"
         try:
@@ -937,8 +1034,9 @@ def train_bsdiff(options: dict[str, Any]) -> Path:
         info = {"stage1_checkpoint": str(s1), "stage1_metrics": cfg1.get("metrics", {}), "stage1_training": cfg1.get("training", {}), "gen_steps": gen_steps}
         module = make_stage2_module(net, model_config, input_size=size, lr=float(o["lr"]), d_lr=float(o["d_lr"]), ema_decay=float(o["ema"]),
                                     perceptual=perceptual, use_clahe=use_clahe, max_minutes=o["max_minutes"], stage1_info=info)
-        train_ds = BSDiffPairs(tr_cxr, tr_soft, cached["train"], augment=bool(o["augment"]), use_clahe=use_clahe, repeats=int(o["repeats"]))
-        val_ds = BSDiffPairs(va_cxr, va_soft, cached["val"], use_clahe=use_clahe)
+        cmode = str(model_config.get("condition", "clahe"))
+        train_ds = BSDiffPairs(tr_cxr, tr_soft, cached["train"], augment=bool(o["augment"]), use_clahe=use_clahe, repeats=int(o["repeats"]), condition=cmode)
+        val_ds = BSDiffPairs(va_cxr, va_soft, cached["val"], use_clahe=use_clahe, condition=cmode)
 
     nw = int(o["num_workers"])
     dl_kw = dict(num_workers=nw, persistent_workers=nw > 0, pin_memory=cuda)
