@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     # warm-up (CUDA kernels, autotuning) outside the timings
     model.sample(cond, steps=2, sampler="ddim", seed=a.seed, amp=amp, cxr=I_small)
     if has_enh:
-        model.enhance(cond, amp=amp)
+        model.enhance(cond[:, :1], amp=amp)
     for spec in a.configs.split(","):
         sampler, steps = spec.split(":")
         steps = int(steps)

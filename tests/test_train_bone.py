@@ -119,3 +119,34 @@ def test_ddp_two_processes_cpu(simdir, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     cfg = json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())
     assert "x2" in cfg["training"]["device"]
+
+
+def test_cli_train_dispatches_every_method(tmp_path, monkeypatch):
+    """`train --method M` maps the common options onto each method's own names and rejects the rest."""
+    from typer.testing import CliRunner
+
+    from cxrdecomp import trainers
+    from cxrdecomp.cli import app
+    from cxrdecomp.models import bsdiff, dae, lung
+
+    seen = {}
+    monkeypatch.setattr(bsdiff, "train_bsdiff", lambda o: seen.setdefault("bsdiff", o) and tmp_path)
+    monkeypatch.setattr(dae, "train_dae", lambda o: seen.setdefault("dae", o) and tmp_path)
+    monkeypatch.setattr(lung, "train_lung_seg", lambda o: seen.setdefault("lung_seg", o) and tmp_path)
+    base = ["train", "--data", str(tmp_path), "-o", str(tmp_path / "r"), "--batch-size", "4"]
+    r = CliRunner().invoke(app, base + ["--method", "bsdiff", "--vgg-weights", str(tmp_path / "v.pth"), "--opt", "stage=2",
+                                        "--opt", 'model={"target": "residual"}'])
+    assert r.exit_code == 0, r.output
+    o = seen["bsdiff"]
+    assert o["stage"] == 2 and o["batch_size"] == 4 and o["model"] == {"target": "residual"}
+    assert o["perceptual_weights"] == tmp_path / "v.pth" and "vgg_weights" not in o and "epochs" not in o
+    r = CliRunner().invoke(app, base + ["--method", "dae", "--opt", "variant=ae"])
+    assert r.exit_code == 0, r.output
+    assert seen["dae"].variant == "ae" and seen["dae"].batch_size == 4
+    r = CliRunner().invoke(app, base + ["--method", "lung_seg", "--depth", "3"])
+    assert r.exit_code == 0, r.output
+    assert seen["lung_seg"].depth == 3 and seen["lung_seg"].data == str(tmp_path)
+    # an option the method does not have is an error, not silently ignored
+    r = CliRunner().invoke(app, base + ["--method", "bsdiff", "--depth", "3"])
+    assert r.exit_code != 0 and "does not take ['depth']" in str(r.exception)
+    assert set(trainers.TRAINERS) >= {"bone_unet", "dae", "bsdiff", "lung_seg", "lung_extract"}

@@ -230,7 +230,7 @@ def train_dae_cmd(
 # --- end train-dae ----------------------------------------------------------------------------
 @app.command("train")
 def train_cmd(
-    method: str = typer.Option("bone_unet", "--method", help="Method to train (see cxrdecomp.trainers.TRAINERS)."),
+    method: str = typer.Option("bone_unet", "--method", help="Method to train: bone_unet, dae, bsdiff, lung_seg, lung_extract (method options: --opt KEY=VALUE)."),
     data: Path = typer.Option(..., "--data", help="Training data folder (for bone_unet: a `cxrdecomp simulate` output)."),
     out: Path = typer.Option(..., "-o", "--out", help="Run folder: last.ckpt, logs/, model/ (exported checkpoint)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
