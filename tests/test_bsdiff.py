@@ -135,18 +135,20 @@ def test_bad_size_and_sampler_raise():
         build_bsdiff(channels=(8, 8, 16), attention_levels=(False, True))
 
 
-def test_checkpoint_round_trip_through_decomposer(tmp_path):
+@pytest.mark.parametrize("param", [{}, {"target": "residual", "prediction_type": "sample", "condition": "raw+clahe"}])
+def test_checkpoint_round_trip_through_decomposer(tmp_path, param):
     from cxrdecomp.infer import Decomposer
 
     torch.manual_seed(0)
     # T = 10 keeps ᾱ near 1, so the untrained predictor's x0 estimates are not all clipped to ±1
-    model_cfg = {**TINY, "num_train_timesteps": 10}
-    net = _tiny(num_train_timesteps=10).eval()
+    model_cfg = {**TINY, "num_train_timesteps": 10, **param}
+    net = _tiny(num_train_timesteps=10, **param).eval()
     cfg = {"method": "bsdiff", "model": model_cfg, "input_size": 32, "dtype": "float16",
            "inference": {"steps": 3, "sampler": "ddim", "seed": 0, "enhance": True, "clahe": True}}
     folder = checkpoint.save(tmp_path / "ck", net, cfg, "# card\n")
     dec = Decomposer.from_pretrained(folder, device="cpu")
     assert dec.options["steps"] == 3 and dec.options["enhance"] is True
+    assert (dec.model.target, dec.model.cond_mode) == (net.target, net.cond_mode)
     img = np.random.default_rng(0).uniform(0.2, 0.8, (70, 60)).astype(np.float32)
     out = dec(img)
     assert out.soft_tissue.shape == (70, 60) and out.bone.shape == (70, 60)
