@@ -27,9 +27,9 @@ def line_integral_ap(mu: torch.Tensor, spacing_y_mm: float) -> torch.Tensor:
         Input ``(..., X, Y, Z)`` → Output ``(..., Z, X)``.
 
     Speed: ``torch.sum(dim=-2)`` over the middle axis of a C-contiguous CT (512×512×133) takes ~150 ms
-    on 2 CPU threads, 37× a plain full-volume sum (~4 ms, the memory-bandwidth floor). Without autograd the
-    sum is accumulated plane by plane instead (``acc += mu[..., j, :]``, cache-resident accumulator):
-    ~10 ms, 2.4× the floor (``benchmarks/drr.py``).
+    on 2 CPU threads, 37× a plain full-volume sum (~4 ms, the memory-bandwidth floor). On CPU without
+    autograd the sum runs in NumPy instead, which adds whole ``Z`` rows and reads the volume once
+    (``benchmarks/drr.py`` prints both against the floor).
     """
     s = _sum_over_y(mu) * (spacing_y_mm / 10.0)  # (..., X, Z)
     # RAS+: X grows to the patient's right, Z to superior. Display: top row = superior,
@@ -38,14 +38,14 @@ def line_integral_ap(mu: torch.Tensor, spacing_y_mm: float) -> torch.Tensor:
 
 
 def _sum_over_y(mu: torch.Tensor) -> torch.Tensor:
-    """``mu.sum(dim=-2)`` for ``(..., X, Y, Z)``; plane-by-plane accumulation when Y is not the outermost stride."""
-    ny = mu.shape[-2]
-    if mu.requires_grad or ny < 3 or mu.stride(-2) >= max(mu.stride()) or not mu.dtype.is_floating_point:
+    """``mu.sum(dim=-2)`` for ``(..., X, Y, Z)``, fast on CPU without autograd.
+
+    torch's reduction over a middle axis with a short inner axis is slow on CPU (see
+    :func:`line_integral_ap`); NumPy's row-accumulating reduction reads the volume once.
+    """
+    if mu.requires_grad or mu.device.type != "cpu" or not mu.dtype.is_floating_point or mu.dtype == torch.bfloat16:
         return mu.sum(dim=-2)
-    acc = mu[..., 0, :] + mu[..., 1, :]
-    for j in range(2, ny):
-        acc.add_(mu[..., j, :])
-    return acc
+    return torch.from_numpy(mu.detach().numpy().sum(axis=-2))
 
 
 def mean_ap(mu: torch.Tensor) -> torch.Tensor:
