@@ -139,9 +139,14 @@ from cxrdecomp.projector.conebeam import PreparedVolume, forward_project
 from cxrdecomp.projector.geometry import Detector, Pose
 pv = PreparedVolume(torch.from_numpy(np.load({mu_path!r})), {tuple(spacing)!r}).compact((1,))
 det = Detector.covering(370.0, 512, sdd=1020.0, sod=800.0)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # this process's own peak RSS in GB. Not ru_maxrss: Linux carries the parent's RSS at fork over exec
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+base = hwm()
 forward_project(pv, Pose.from_angles([12.0], [-9.0]), det, method={method!r})
-print(base / 1e6, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+print(base, hwm())
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode != 0:
