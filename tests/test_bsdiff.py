@@ -26,7 +26,7 @@ def _tiny(**kw):
     """Tiny BS-Diff whose U-Net output layer is randomised (MONAI zero-initialises it, which makes an
     untrained sampler return sign(noise) whatever the number of steps)."""
     net = build_bsdiff(**{**TINY, **kw})
-    for m in net.unet.out.modules():
+    for m in [*net.unet.out.modules(), net.enhancer.ae.decoder.blocks[-1].conv]:  # (the enhancer's starts at zero: identity)
         if isinstance(m, torch.nn.Conv2d):
             m.reset_parameters()
     return net
@@ -330,3 +330,11 @@ def test_unknown_parametrisation_options_raise():
     for kw in ({"prediction_type": "x1"}, {"target": "bone"}, {"condition": "sharp"}):
         with pytest.raises(ConfigError):
             build_bsdiff(**TINY, **kw)
+
+
+def test_untrained_residual_enhancer_is_the_identity():
+    from cxrdecomp.models.bsdiff import Enhancer
+
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert torch.equal(Enhancer((8, 8), 2, 1, 8, residual=True)(x), x)
+    assert not torch.allclose(Enhancer((8, 8), 2, 1, 8, residual=False)(x), x)

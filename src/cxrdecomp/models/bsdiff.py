@@ -203,7 +203,7 @@ class Enhancer(nn.Module):
 
     The encoder's mean ``z_μ`` is decoded (no latent sampling, no KL term: the paper's loss has none).
     With ``residual=True`` (default, a deviation for small models) the decoder predicts a correction
-    added to the input, so an untrained or tiny enhancer starts from the identity.
+    added to the input; its output layer starts at zero, so the untrained enhancer is the identity.
 
     Shape: ``(B, 1, H, W)`` → ``(B, 1, H, W)``, both in ``[−1, 1]`` (``2·display − 1``);
     ``H`` and ``W`` divisible by ``2**(len(channels) − 1)``.
@@ -227,6 +227,14 @@ class Enhancer(nn.Module):
         )
         # the log-σ head is unused in deterministic mode: freeze it so DDP sees no unused trainable tensor
         self.ae.quant_conv_log_sigma.requires_grad_(False)
+        if residual:
+            # zero-initialised output layer: the untrained residual enhancer is exactly the identity, so
+            # training starts from the stage-1 output instead of first undoing a random correction
+            # (measured: with MONAI's random init, val BSR fell from 0.764 to 0.62 and had only regained
+            # 0.715 after 400 steps)
+            last = self.ae.decoder.blocks[-1].conv
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ae.encoder(x)
