@@ -136,4 +136,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with torch.no_grad():
+        sys.exit(main())

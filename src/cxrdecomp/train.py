@@ -146,6 +146,11 @@ def fit(
         print(f"resuming from {last}", file=sys.stderr)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+    if not metrics and val_loader is not None:
+        # e.g. a resumed run whose step or time budget was already spent: validate the final weights so the
+        # exported config and model card still carry metrics
+        trainer.validate(module, val_loader, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     folder = out / "model"
     if trainer.is_global_zero:
         training = {

@@ -801,11 +801,17 @@ def make_stage2_module(net: BSDiff, model_config: dict, *, input_size: int = 256
             self.lr, self.d_lr, self.max_minutes = lr, d_lr, max_minutes
             self.stage1_info = stage1_info or {}
 
+        def _enhancer_helps(self, metrics) -> bool:
+            # the exported default applies the enhancer only where it did not lower validation BSR (Table 2)
+            b, b1 = metrics.get("val/bsr"), metrics.get("val/stage1_bsr")
+            return b is None or b1 is None or float(b) >= float(b1)
+
         def export_config(self, metrics, training):
             cfg = super().export_config(metrics, training)
             cfg["dtype"] = "float16"
             cfg["stage"] = 2
             cfg["stage2"] = {"weights": lam, "perceptual": self.perceptual is not None, **self.stage1_info}
+            cfg["inference"] = {**cfg["inference"], "enhance": self._enhancer_helps(metrics)}
             return cfg
 
         def model_card(self, metrics, training, n_params, size_mb):
@@ -815,6 +821,8 @@ def make_stage2_module(net: BSDiff, model_config: dict, *, input_size: int = 256
                      f"- Stage-1 checkpoint: {self.stage1_info.get('stage1_checkpoint', '')}; stage-2 inputs made with DDIM-{self.stage1_info.get('gen_steps', '')}",
                      "", "## Ablation (paper Table 2): validation without the enhancer", ""]
             extra += [f"- {k.replace('stage1_', '')} without enhancer: {v:.4g}" for k, v in sorted(s1.items())] or ["- (not measured)"]
+            extra += ["", "Default: " + ("the enhancer is applied (`enhance: true`): it did not lower validation BSR." if self._enhancer_helps(metrics) else
+                                         "the enhancer is NOT applied (`enhance: false`): it lowered validation BSR; `enhance=True` turns it on.")]
             return card + "\n".join(extra) + "\n"
 
         def training_step(self, batch, batch_idx):
