@@ -273,7 +273,7 @@ def main() -> None:
                 f2, _ = best_dihedral(dd["ct_tri4000"]["image"] / 10.0, fine.cpu())
                 e2 = rel_errors(f2, fine, interior)
                 print(f"geometry check: DiffDRR 4000 samples vs our fine ref: mean rel diff {e2['mean_rel']:.2e} "
-                      "(DiffDRR's AP frame differs from ours: compare each renderer with its own fine reference)")
+                      "(same frame through the worker's bridge: orientation PA, camera at (0, -sod, 0))")
                 e3 = rel_errors(img, f2, interior)
                 print(f"CT vs DiffDRR's own fine ref  DiffDRR tri500  mean rel err {e3['mean_rel']:.2e}")
     if dev.type == "cpu":

@@ -39,9 +39,9 @@ from cxrdecomp.errors import InputError
 from cxrdecomp.projector.geometry import Detector, Pose, cone_rays, detector_frame
 
 METHODS = ("joseph", "shearwarp", "trilinear")
-# default bound on samples per chunk, per method: the fastest of 0.25–8 M on the benchmark CT (512×512×133,
-# 256² detector, 2 CPU threads): smaller chunks keep the per-chunk grids/partial sums in the CPU caches
-CHUNK_ELEMS = {"joseph": 1 << 22, "shearwarp": 1 << 21, "trilinear": 1 << 23}
+# default bound on samples per chunk, per method: the fastest and steadiest of 0.25–8 M on the benchmark CT
+# (512×512×133, 256² detector, 2 CPU threads): smaller chunks keep the per-chunk grids in the CPU caches
+CHUNK_ELEMS = {"joseph": 1 << 20, "shearwarp": 1 << 21, "trilinear": 1 << 23}
 
 
 def _as_channels(volume: torch.Tensor) -> torch.Tensor:
@@ -157,13 +157,20 @@ def _joseph(pv: PreparedVolume, org, dirn, a: int, chunk_elems: int) -> torch.Te
     gbase = (base * scale - 1).reshape(1, B * H, W, 2).to(lay.dtype)
     gstep = (ratio * scale).reshape(1, B * H, W, 2).to(lay.dtype)
     per = max(1, chunk_elems // max(1, B * H * W * max(c, 2)))
+    # without autograd, one grid buffer serves every chunk: fresh multi-MB allocations per chunk cost page
+    # faults and made the CPU timing vary 1.5× between runs
+    grad = torch.is_grad_enabled() and (gbase.requires_grad or gstep.requires_grad or lay.requires_grad)
+    buf = None if grad else torch.empty((min(per, na), B * H, W, 2), device=lay.device, dtype=lay.dtype)
+    jall = torch.arange(na, device=lay.device, dtype=lay.dtype).view(-1, 1, 1, 1)
     out = None
     for j0 in range(0, na, per):
         j1 = min(na, j0 + per)
-        j = torch.arange(j0, j1, device=lay.device, dtype=lay.dtype).view(-1, 1, 1, 1)
-        grid = torch.addcmul(gbase, j, gstep)
+        if grad:
+            grid = torch.addcmul(gbase, jall[j0:j1], gstep)
+        else:
+            grid = torch.addcmul(gbase, jall[j0:j1], gstep, out=buf[: j1 - j0])
         s = F.grid_sample(lay[j0:j1], grid, mode="bilinear", padding_mode="zeros", align_corners=True).sum(0)
-        out = s if out is None else out + s
+        out = s if out is None else (out + s if grad else out.add_(s))
     sp = dirn.new_tensor(pv.spacing)
     w = (dirn * sp).norm(dim=-1) / da.abs() / 10.0  # segment length per plane, cm
     return out.reshape(c, B, H, W).transpose(0, 1) * w[:, None].to(out.dtype)
