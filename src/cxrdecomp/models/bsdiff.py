@@ -182,7 +182,7 @@ def make_condition(x: torch.Tensor, mode: str = "clahe") -> torch.Tensor:
     if mode not in CONDITIONS:
         raise ConfigError(f"unknown condition {mode!r}; use one of {CONDITIONS}")
     x = x.clamp(0, 1)
-    parts = {"clahe": [clahe(x)], "raw": [x], "raw+clahe": [x, clahe(x)]}[mode]
+    parts = ([x] if "raw" in mode else []) + ([clahe(x)] if "clahe" in mode else [])
     return torch.cat([2 * p - 1 for p in parts], 1)
 
 

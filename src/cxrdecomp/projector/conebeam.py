@@ -356,7 +356,7 @@ def forward_project(
         warp: interpolation of the ``"shearwarp"`` intermediate image onto the detector (``"bicubic"``
             or ``"bilinear"``, default); exact (no-op) when the detector is parallel to the voxel planes.
         chunk_elems: bound on the number of samples processed at once (memory ≈ 16–24 bytes each);
-            default per method (:data:`CHUNK_ELEMS`, 2–8 M samples, tuned for CPU caches).
+            default per method (:data:`CHUNK_ELEMS`, 1–8 M samples, tuned for CPU caches).
 
     Returns:
         ``(B, C, H, W)`` line integrals (attenuation domain; ``cm × volume unit``).
