@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from cxrdecomp import checkpoint
     from cxrdecomp.data.pairs import PairedImages, default_bse_jsrt
     from cxrdecomp.io.atomic import atomic_path
-    from cxrdecomp.models.bsdiff import image_metrics
+    from cxrdecomp.methods.bsdiff.network import image_metrics
 
     if a.device is None and not torch.cuda.is_available():
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

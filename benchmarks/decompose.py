@@ -64,11 +64,11 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     from cxrdecomp import checkpoint
-    from cxrdecomp.decompose import write_case
-    from cxrdecomp.infer import Decomposer
+    from cxrdecomp.batch import write_case
+    from cxrdecomp.decomposer import Decomposer
     from cxrdecomp.io.examples import example_file
     from cxrdecomp.io.radiograph import read_radiograph
-    from cxrdecomp.models.unet import build_bone_unet
+    from cxrdecomp.methods.bone_unet.network import build_bone_unet
 
     src = example_file("RG1_UNCI.dcm")
     tmp = Path(tempfile.mkdtemp(prefix="cxrdecomp-bench-"))

@@ -58,7 +58,7 @@ def _machine() -> str:
 def _targets(tmp: Path) -> list[tuple[str, str]]:
     """``(label, checkpoint folder)`` for every bundled checkpoint and every registry method without one."""
     from cxrdecomp import checkpoint
-    from cxrdecomp.models import registry
+    from cxrdecomp import methods as registry
 
     out, have = [], set()
     for name in checkpoint.available_pretrained():
@@ -87,7 +87,7 @@ def worker(folder: str, device: str, size: int, batch: int, reps: int, threads: 
     import torch
 
     torch.set_num_threads(threads)
-    import cxrdecomp.infer as infer
+    import cxrdecomp.decomposer as infer
 
     rss0 = _rss_mb()
     cuda = device == "cuda"

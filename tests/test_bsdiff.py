@@ -9,7 +9,7 @@ import torch
 from cxrdecomp import checkpoint
 from cxrdecomp.errors import ConfigError, InputError
 from cxrdecomp.models import bsdiff
-from cxrdecomp.models.bsdiff import BETA_END, BETA_START, build_bsdiff, cosine_interpolated_betas, make_scheduler, predict_bsdiff
+from cxrdecomp.methods.bsdiff.network import BETA_END, BETA_START, build_bsdiff, cosine_interpolated_betas, make_scheduler, predict_bsdiff
 
 TINY = dict(channels=(8, 8, 16, 16, 16), norm_num_groups=8, enhancer_channels=(8, 8), enhancer_latent_channels=2, enhancer_res_blocks=1)
 
@@ -137,7 +137,7 @@ def test_bad_size_and_sampler_raise():
 
 @pytest.mark.parametrize("param", [{}, {"target": "residual", "prediction_type": "sample", "condition": "raw+clahe"}])
 def test_checkpoint_round_trip_through_decomposer(tmp_path, param):
-    from cxrdecomp.infer import Decomposer
+    from cxrdecomp.decomposer import Decomposer
 
     torch.manual_seed(0)
     # T = 10 keeps ᾱ near 1, so the untrained predictor's x0 estimates are not all clipped to ±1
@@ -195,7 +195,7 @@ def _write_pairs(root, n=3, s=64):
 
 
 def test_train_both_stages_smoke_and_resume(tmp_path):
-    from cxrdecomp.infer import Decomposer
+    from cxrdecomp.decomposer import Decomposer
 
     _write_pairs(tmp_path / "data")
     common = {"data": tmp_path / "data", "size": 64, "epochs": 1, "batch_size": 2, "num_workers": 0, "accelerator": "cpu",
@@ -336,7 +336,7 @@ def test_unknown_parametrisation_options_raise():
 
 
 def test_untrained_residual_enhancer_is_the_identity():
-    from cxrdecomp.models.bsdiff import Enhancer
+    from cxrdecomp.methods.bsdiff.network import Enhancer
 
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     assert torch.equal(Enhancer((8, 8), 2, 1, 8, residual=True)(x), x)

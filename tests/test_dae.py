@@ -11,7 +11,7 @@ import torch
 
 from cxrdecomp.data.augment import PairedAffine, affine_matrices, apply_affine
 from cxrdecomp.models import dae as dae_mod
-from cxrdecomp.models.dae import (
+from cxrdecomp.methods.dae.network import (
     DAE,
     BoneSegBranch,
     SimulatedPairs,
@@ -201,7 +201,7 @@ def test_simulated_pairs_npz_attenuation_domain(tmp_path):
 
 def test_checkpoint_round_trip_through_decomposer(tmp_path):
     from cxrdecomp import checkpoint
-    from cxrdecomp.infer import Decomposer
+    from cxrdecomp.decomposer import Decomposer
 
     torch.manual_seed(0)
     mod = dae_mod.DAEModule("dae-msssim", base=4, size=64)
@@ -223,7 +223,7 @@ def test_checkpoint_round_trip_through_decomposer(tmp_path):
 @pytest.mark.data
 def test_smoke_training_run_on_bse_jsrt(tmp_path):
     from cxrdecomp.data.pairs import default_bse_jsrt
-    from cxrdecomp.infer import Decomposer
+    from cxrdecomp.decomposer import Decomposer
 
     import shutil
 
@@ -259,7 +259,7 @@ def _write_pairs(root, n=2, s=64):
 
 
 def test_train_mixing_simulated_pairs_and_resume(tmp_path):
-    from cxrdecomp.infer import Decomposer
+    from cxrdecomp.decomposer import Decomposer
 
     _write_pairs(tmp_path / "pairs")
     (tmp_path / "sim").mkdir()

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from cxrdecomp import checkpoint
-from cxrdecomp.decompose import decompose_files
-from cxrdecomp.infer import Decomposer
+from cxrdecomp.batch import decompose_files
+from cxrdecomp.decomposer import Decomposer
 from cxrdecomp.io import examples
 from cxrdecomp.io.radiograph import read_radiograph
-from cxrdecomp.models.unet import build_bone_unet
+from cxrdecomp.methods.bone_unet.network import build_bone_unet
 
 pydicom = pytest.importorskip("pydicom")
 pytestmark = [
@@ -181,10 +181,10 @@ def test_demo_command_and_path_input(tiny_ckpt, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from cxrdecomp.cli import app
-    from cxrdecomp.models import registry
+    from cxrdecomp import methods as registry
 
     src = cached_example("RG1_UNCI.dcm")
-    monkeypatch.setitem(registry.DEFAULT_CHECKPOINT, "bone", str(tiny_ckpt))
+    monkeypatch.setattr(registry, "DEFAULT", str(tiny_ckpt))
     res = CliRunner().invoke(app, ["demo", "-o", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
     index = Path(res.stdout.strip().splitlines()[-1])

@@ -247,7 +247,7 @@ def test_preprocess_he_clahe_and_lung_normalisation():
 
 
 def test_nodule_weighted_l1_and_weighted_bce():
-    from cxrdecomp.models.lung import nodule_weighted_l1, weighted_bce
+    from cxrdecomp.methods.lung.network import nodule_weighted_l1, weighted_bce
 
     y = torch.zeros(1, 1, 8, 8)
     nm = torch.zeros_like(y)
@@ -283,8 +283,8 @@ def _read_rg1():
 
 def test_training_smoke_and_end_to_end_on_real_radiograph(tmp_path):
     from cxrdecomp import checkpoint
-    from cxrdecomp.infer import Decomposer
-    from cxrdecomp.models.lung import LungNet, LungTrainOptions, combine_checkpoints, train_lung_extract, train_lung_seg
+    from cxrdecomp.decomposer import Decomposer
+    from cxrdecomp.methods.lung.network import LungNet, LungTrainOptions, combine_checkpoints, train_lung_extract, train_lung_seg
 
     case = phantom_case()
     cfg = G.LungSimConfig(size=32, nodule_diameter_mm=(10, 16))

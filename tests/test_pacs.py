@@ -10,8 +10,8 @@ import torch
 
 from cxrdecomp import checkpoint
 from cxrdecomp.errors import ConfigError
-from cxrdecomp.infer import Decomposer
-from cxrdecomp.models.unet import build_bone_unet
+from cxrdecomp.decomposer import Decomposer
+from cxrdecomp.methods.bone_unet.network import build_bone_unet
 
 pydicom = pytest.importorskip("pydicom")
 pynetdicom = pytest.importorskip("pynetdicom")

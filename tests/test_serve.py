@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from cxrdecomp import checkpoint
-from cxrdecomp.infer import Decomposer
-from cxrdecomp.models.unet import build_bone_unet
+from cxrdecomp.decomposer import Decomposer
+from cxrdecomp.methods.bone_unet.network import build_bone_unet
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("multipart", reason="python-multipart is needed for uploads")

@@ -149,7 +149,7 @@ def test_cli_simulate(tmp_path):
 
 
 def test_dataset_pair_identity(tmp_path):
-    from cxrdecomp.data.datasets import SimulatedPairs, display_pair
+    from cxrdecomp.data.simulated import SimulatedPairs, display_pair
     from cxrdecomp.simulate.generate import simulate
 
     simulate([chest_phantom(24, 4.0)], tmp_path, n_per_ct=2, size=32, bone="hu", progress=False, previews=False)

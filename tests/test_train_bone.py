@@ -29,7 +29,7 @@ def simdir(tmp_path_factory):
 
 
 def _random_vgg(path):
-    from cxrdecomp.losses import vgg16_features
+    from cxrdecomp.nn.losses import vgg16_features
 
     torch.manual_seed(0)
     sd = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
@@ -39,7 +39,7 @@ def _random_vgg(path):
 
 
 def test_perceptual_loss(tmp_path):
-    from cxrdecomp.losses import PerceptualLoss
+    from cxrdecomp.nn.losses import PerceptualLoss
 
     loss = PerceptualLoss(_random_vgg(tmp_path / "vgg16.pth"))
     a = torch.rand(2, 1, 32, 32)
@@ -58,7 +58,7 @@ def test_perceptual_loss(tmp_path):
 
 
 def test_predict_bone_equivariant():
-    from cxrdecomp.models.unet import build_bone_unet, predict_bone
+    from cxrdecomp.methods.bone_unet.network import build_bone_unet, predict_bone
 
     net = build_bone_unet(base=4, depth=2).eval()
     x = torch.rand(1, 1, 32, 32)
@@ -68,8 +68,8 @@ def test_predict_bone_equivariant():
 
 
 def test_train_smoke_export_and_load(simdir, tmp_path):
-    from cxrdecomp.infer import Decomposer
-    from cxrdecomp.methods_bone import train_bone_unet
+    from cxrdecomp.decomposer import Decomposer
+    from cxrdecomp.methods.bone_unet.module import train_bone_unet
 
     torch.set_num_threads(1)
     run = tmp_path / "run"
@@ -92,7 +92,7 @@ def test_train_smoke_export_and_load(simdir, tmp_path):
 
 
 def test_train_missing_data(tmp_path):
-    from cxrdecomp.methods_bone import train_bone_unet
+    from cxrdecomp.methods.bone_unet.module import train_bone_unet
 
     with pytest.raises(DataNotFoundError, match="cxrdecomp simulate"):
         train_bone_unet({"data": tmp_path, "out": tmp_path / "r"})

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cxrdecomp.infer import Decomposer
+from cxrdecomp.decomposer import Decomposer
 from cxrdecomp.io.examples import example_file
 
 

@@ -2,13 +2,15 @@
 
 ``config.json`` rebuilds the model without code changes::
 
-    {"method": "bone_unet",            # a name in cxrdecomp.models.registry
+    {"method": "bone_unet",            # a name in cxrdecomp.methods
      "model": {...},                   # keyword arguments of the method's builder
      "input_size": 512,                # square size the model runs at
      "inference": {...},               # method defaults (weights w, w_s, steps ...)
      "training": {...}, "metrics": {...}, "cxrdecomp_version": "0.1.0"}
 
 Bundled default checkpoints live in ``cxrdecomp/pretrained/<name>/`` and are found by name.
+This module only reads and writes folders; it knows nothing of the methods. Rebuilding the network a
+folder describes is :func:`cxrdecomp.methods.load` (registry → builder → :func:`load_weights`).
 """
 
 from __future__ import annotations
@@ -66,29 +68,24 @@ def load_config(folder: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def load(name_or_path: str | os.PathLike, map_location: str = "cpu"):
-    """Rebuild a model from a checkpoint folder.
+def load_weights(folder: str | os.PathLike, model, map_location: str = "cpu"):
+    """Load ``model.safetensors`` of a checkpoint folder into ``model`` (strict) and put it in eval mode.
 
     Returns:
-        ``(model, config)``: the ``torch.nn.Module`` in eval mode and the parsed ``config.json``.
+        ``model``.
 
     Raises:
-        CheckpointError: missing files, unknown method, or weights that do not fit the config.
+        CheckpointError: missing files, or weights that do not fit the model described by ``config.json``.
     """
     from safetensors.torch import load_file
 
-    from cxrdecomp.models import registry
-
-    folder = resolve(name_or_path)
-    cfg = load_config(folder)
-    model = registry.build_model(cfg["method"], **cfg.get("model", {}))
+    folder = resolve(folder)
     state = load_file(str(folder / WEIGHTS), device=map_location)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"weights in {folder} do not fit the model described by its config.json: {e}") from e
-    model.eval()
-    return model, cfg
+    return model.eval()
 
 
 def save(folder: str | os.PathLike, model, config: dict[str, Any], card: str) -> Path:
@@ -116,11 +113,17 @@ def save(folder: str | os.PathLike, model, config: dict[str, Any], card: str) ->
     tmp.chmod(0o755)  # mkdtemp makes it 0700; a checkpoint is meant to be shared
     try:
         save_file(state, str(tmp / WEIGHTS))
+        (tmp / WEIGHTS).chmod(0o644)  # readable by the other users of a shared checkpoint
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / CARD).write_text(card)
-        if folder.exists():
-            shutil.rmtree(folder)
+        old = None
+        if folder.exists():  # move the old folder aside first: a crash in between leaves one of the two whole
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
         os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -3,7 +3,8 @@
 Every function takes a prediction and a reference as
 
 * ``(B, 1, H, W)`` (or ``(B, H, W)``) torch tensors / numpy arrays → returns a ``(B,)`` float64 tensor,
-  one value per image, or
+  one value per image, on the device of the inputs (a CUDA tensor is scored on the GPU: training
+  validation and :mod:`cxrdecomp.evaluate` use these same functions), or
 * ``(H, W)`` arrays / tensors → returns a Python ``float``.
 
 Inputs are converted to float64 *before* any arithmetic, so integer images (uint8, uint16) never produce
@@ -42,6 +43,9 @@ __all__ = [
     "rmae",
     "MS_SSIM_WEIGHTS",
     "ms_ssim_min_size",
+    "ms_ssim_window",
+    "image_metrics",
+    "suppression_metrics",
 ]
 
 #: Wang, Simoncelli & Bovik 2003, "Multi-scale structural similarity for image quality assessment",
@@ -57,7 +61,7 @@ MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 def _to_bchw(x, name: str) -> tuple[torch.Tensor, bool]:
     """``x`` as a float64 ``(B, 1, H, W)`` tensor and whether it was a single ``(H, W)`` image."""
     if isinstance(x, torch.Tensor):
-        t = x.detach().to("cpu")
+        t = x.detach()  # keeps its device
     else:
         a = np.asarray(x)
         if a.dtype == object:
@@ -89,6 +93,8 @@ def _pair(pred, target, *more, names=("pred", "target", "image", "mask")):
         t, s = _to_bchw(v, n)
         single = s if single is None else single
         ts.append(t)
+    dev = ts[1].device
+    ts = [t if t is None or t.device == dev else t.to(dev) for t in ts]
     ref = ts[1].shape
     for t, n in zip(ts, names):
         if t is not None and t.shape != ref:
@@ -187,13 +193,13 @@ def psnr(pred, target, *, data_range, mask=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def _kernel_1d(win_size: int, sigma: float | None) -> torch.Tensor:
+def _kernel_1d(win_size: int, sigma: float | None, device=None) -> torch.Tensor:
     if win_size < 1 or win_size % 2 == 0:
         raise ConfigError(f"win_size must be an odd positive integer, got {win_size}")
     if sigma is None:
-        k = torch.ones(win_size, dtype=torch.float64)
+        k = torch.ones(win_size, dtype=torch.float64, device=device)
     else:
-        c = torch.arange(win_size, dtype=torch.float64) - win_size // 2
+        c = torch.arange(win_size, dtype=torch.float64, device=device) - win_size // 2
         k = torch.exp(-(c**2) / (2.0 * sigma * sigma))
     return k / k.sum()
 
@@ -260,7 +266,7 @@ def ssim(pred, target, *, data_range, gaussian: bool = True, win_size: int | Non
         sample_covariance = not gaussian
     if min(t.shape[-2:]) < win:
         raise InputError(f"SSIM needs images of at least {win}x{win} pixels, got {tuple(t.shape[-2:])}")
-    k = _kernel_1d(win, sigma if gaussian else None)
+    k = _kernel_1d(win, sigma if gaussian else None, t.device)
     s, _ = _ssim_cs(p, t, L, k, K1, K2, sample_covariance)
     return _out(s, single)
 
@@ -272,6 +278,22 @@ def ms_ssim_min_size(win_size: int = 11, scales: int = 5) -> int:
     pytorch-msssim enforces too.
     """
     return (win_size - 1) * 2 ** (scales - 1) + 1
+
+
+def ms_ssim_window(size: int, scales: int = 5) -> int:
+    """Largest odd Gaussian window ≤ 11 with which ``scales``-scale MS-SSIM runs on ``size``-pixel images
+    (11 from 161 px for 5 scales; smaller for the small images of quick training runs and tests). Report a
+    value computed with a smaller window as such: it is not comparable with the standard 11-px MS-SSIM.
+
+    Raises:
+        InputError: ``size`` too small even for a 3-px window (≤ 32 px for 5 scales).
+    """
+    w = 11
+    while w > 3 and size < ms_ssim_min_size(w, scales):
+        w -= 2
+    if size < ms_ssim_min_size(w, scales):
+        raise InputError(f"images of {size} px are too small for {scales}-scale MS-SSIM (need at least {ms_ssim_min_size(3, scales)} px)")
+    return w
 
 
 def ms_ssim(pred, target, *, data_range, weights: Sequence[float] = MS_SSIM_WEIGHTS, win_size: int = 11,
@@ -298,14 +320,14 @@ def ms_ssim(pred, target, *, data_range, weights: Sequence[float] = MS_SSIM_WEIG
     """
     L = _check_range(data_range)
     (p, t), single = _pair(pred, target)
-    w = torch.as_tensor(list(weights), dtype=torch.float64)
+    w = torch.as_tensor(list(weights), dtype=torch.float64, device=t.device)
     need = ms_ssim_min_size(win_size, len(w))
     if min(t.shape[-2:]) < need:
         raise InputError(
             f"MS-SSIM with {len(w)} scales and a {win_size}-px window needs images of at least {need} px per "
             f"side, got {tuple(t.shape[-2:])}; use larger images or fewer scales (weights=MS_SSIM_WEIGHTS[:k])"
         )
-    k = _kernel_1d(win_size, sigma)
+    k = _kernel_1d(win_size, sigma, t.device)
     terms = []
     for j in range(len(w)):
         s, cs = _ssim_cs(p, t, L, k, K1, K2, False)
@@ -424,3 +446,45 @@ def rmae(pred_bone, true_bone, mask=None, *, data_range=None):
         span = t.amax(dim=(1, 2, 3)) - t.amin(dim=(1, 2, 3))
     v = torch.where(span > 0, e / span.clamp_min(1e-300), torch.full_like(e, float("nan")))
     return _out(v, single)
+
+
+# ----------------------------------------------------------------------------------------------
+# sets of metrics for training validation (the functions above, on the device of the inputs)
+# ----------------------------------------------------------------------------------------------
+
+
+def _ssim_window(side: int) -> int:
+    return min(11, side if side % 2 else side - 1)
+
+
+def image_metrics(pred, target, *, data_range: float = 1.0, with_ms_ssim: bool = True) -> dict[str, torch.Tensor]:
+    """Per-image ``rmse``, ``psnr`` (dB), ``ssim`` (Gaussian window, 11 px or the image side if smaller) and
+    ``ms_ssim`` (window from :func:`ms_ssim_window`; NaN for images under 33 px) of ``(B, 1, H, W)`` images.
+
+    Returns ``{name: (B,) float64}`` on the inputs' device.
+    """
+    (p, t), _ = _pair(pred, target)
+    side = min(t.shape[-2:])
+    out = {"rmse": rmse(p, t), "psnr": psnr(p, t, data_range=data_range), "ssim": ssim(p, t, data_range=data_range, win_size=_ssim_window(side))}
+    if with_ms_ssim:
+        try:
+            out["ms_ssim"] = ms_ssim(p, t, data_range=data_range, win_size=ms_ssim_window(side))
+        except InputError:
+            out["ms_ssim"] = torch.full((t.shape[0],), float("nan"), dtype=torch.float64, device=t.device)
+    return out
+
+
+def suppression_metrics(pred_soft, true_soft, image, *, data_range: float = 1.0) -> dict[str, torch.Tensor]:
+    """Per-image ``bsr``, ``rmae`` (of the bone image ``I − Ŝ``), ``psnr`` and ``ssim`` of predicted
+    soft-tissue images ``(B, 1, H, W)``, display domain; SSIM window as :func:`image_metrics`.
+
+    Returns ``{name: (B,) float64}`` on the inputs' device.
+    """
+    (p, t, i), _ = _pair(pred_soft, true_soft, image)
+    side = min(t.shape[-2:])
+    return {
+        "bsr": bsr(p, t, i),
+        "rmae": rmae(i - p, i - t),
+        "psnr": psnr(p, t, data_range=data_range),
+        "ssim": ssim(p, t, data_range=data_range, win_size=_ssim_window(side)),
+    }

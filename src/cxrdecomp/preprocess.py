@@ -1,4 +1,7 @@
-"""Radiograph preprocessing of the lung-structure method (lung paper §2.3).
+"""Radiograph preprocessing: min–max normalisation, histogram equalisation and CLAHE, lung-area normalisation.
+
+Shared by the lung-structure method (HE + CLAHE input, lung-area normalisation; lung paper §2.3) and
+BS-Diff (CLAHE of the conditioning radiograph, §3.2).
 
 "Lung structures enhancement in chest radiographs via CT based FCNN training": the input is
 normalised to ``[0, 1]``, histogram-equalised, then contrast-limited adaptive histogram equalised
@@ -42,8 +45,27 @@ def clahe_window(size: int) -> int:
     return max(8, int(round(CLAHE_WINDOW_AT_512 * size / 512)))
 
 
+def clahe(x: torch.Tensor, clip_limit: float = CLAHE_CLIP, kernel_size: int | None = None) -> torch.Tensor:
+    """Contrast-limited adaptive histogram equalisation (scikit-image ``equalize_adapthist``) per image.
+
+    Args:
+        x: ``(B, 1, H, W)`` or ``(H, W)`` display domain ``[0, 1]`` (values outside are clipped).
+        clip_limit: scikit-image clip limit (fraction, default 0.01).
+        kernel_size: tile size in pixels; scikit-image's default (1/8 of each side) when ``None``.
+
+    Returns:
+        Same shape, dtype and device, display domain ``[0, 1]``.
+    """
+    from skimage.exposure import equalize_adapthist
+
+    a = x.detach().to("cpu", torch.float64).clamp(0, 1).numpy()
+    flat = a.reshape(-1, *a.shape[-2:])
+    out = np.stack([equalize_adapthist(im, kernel_size=kernel_size, clip_limit=clip_limit) for im in flat])
+    return torch.from_numpy(out.reshape(a.shape)).to(device=x.device, dtype=x.dtype)
+
+
 def he_clahe(x: torch.Tensor, window: int | None = None, clip_limit: float = CLAHE_CLIP) -> torch.Tensor:
-    """Normalise to ``[0, 1]``, histogram-equalise, then CLAHE (skimage.exposure), per image.
+    """Normalise to ``[0, 1]``, histogram-equalise, then CLAHE (:func:`clahe`), per image (lung paper §2.3).
 
     Args:
         x: ``(B, 1, H, W)`` display-domain images (any range; normalised first).
@@ -60,12 +82,9 @@ def he_clahe(x: torch.Tensor, window: int | None = None, clip_limit: float = CLA
 
     _check(x)
     xn = normalize01(x.detach().float()).cpu().numpy()
-    win = window or clahe_window(x.shape[-2])
-    out = np.empty_like(xn)
-    for i in range(xn.shape[0]):
-        he = exposure.equalize_hist(xn[i, 0], nbins=1024)
-        out[i, 0] = exposure.equalize_adapthist(he, kernel_size=win, clip_limit=clip_limit)
-    return torch.from_numpy(out.astype(np.float32)).to(x.device)
+    he = np.stack([exposure.equalize_hist(xn[i, 0], nbins=1024) for i in range(xn.shape[0])])[:, None]
+    out = clahe(torch.from_numpy(he), clip_limit=clip_limit, kernel_size=window or clahe_window(x.shape[-2]))
+    return out.to(device=x.device, dtype=torch.float32)
 
 
 def lung_normalize(x: torch.Tensor, mask: torch.Tensor, std: float = 0.5, min_pixels: int = 16, eps: float = 1e-6) -> torch.Tensor:

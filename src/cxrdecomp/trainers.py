@@ -17,7 +17,7 @@ from typing import Any, Callable
 from cxrdecomp.errors import ConfigError
 
 TRAINERS: dict[str, str] = {
-    "bone_unet": "cxrdecomp.methods_bone:train_bone_unet",
+    "bone_unet": "cxrdecomp.methods.bone_unet.module:train_bone_unet",
     "dae": "cxrdecomp.trainers:train_dae_options",
     "bsdiff": "cxrdecomp.trainers:train_bsdiff_options",
     "lung_seg": "cxrdecomp.trainers:train_lung_seg_options",
@@ -65,19 +65,19 @@ def _adapt(method: str, options: dict[str, Any], allowed, rename: dict[str, str]
 
 
 def train_dae_options(options: dict[str, Any]) -> Path:
-    """``train --method dae`` → :func:`cxrdecomp.models.dae.train_dae` (``--opt variant=ae`` for the AE baselines)."""
+    """``train --method dae`` → :func:`cxrdecomp.methods.dae.network.train_dae` (``--opt variant=ae`` for the AE baselines)."""
     import dataclasses
 
-    from cxrdecomp.models.dae import DAETrainOptions, train_dae
+    from cxrdecomp.methods.dae.network import DAETrainOptions, train_dae
 
     allowed = {f.name for f in dataclasses.fields(DAETrainOptions)}
     return train_dae(DAETrainOptions(**_adapt("dae", options, allowed)))
 
 
 def train_bsdiff_options(options: dict[str, Any]) -> Path:
-    """``train --method bsdiff`` → :func:`cxrdecomp.models.bsdiff.train_bsdiff` (``--opt stage=2``,
+    """``train --method bsdiff`` → :func:`cxrdecomp.methods.bsdiff.network.train_bsdiff` (``--opt stage=2``,
     ``--opt model='{"target": "residual"}'``, ...); ``--vgg-weights`` is the stage-2 perceptual loss."""
-    from cxrdecomp.models.bsdiff import TRAIN_DEFAULTS, train_bsdiff
+    from cxrdecomp.methods.bsdiff.network import TRAIN_DEFAULTS, train_bsdiff
 
     opts = _adapt("bsdiff", options, set(TRAIN_DEFAULTS), {"vgg_weights": "perceptual_weights"})
     return train_bsdiff(opts)
@@ -95,10 +95,10 @@ def _lung(options: dict[str, Any], which: str) -> Path:
 
 
 def train_lung_seg_options(options: dict[str, Any]) -> Path:
-    """``train --method lung_seg`` → :func:`cxrdecomp.models.lung.train_lung_seg` (data: ``simulate-lung`` output)."""
+    """``train --method lung_seg`` → :func:`cxrdecomp.methods.lung.network.train_lung_seg` (data: ``simulate-lung`` output)."""
     return _lung(options, "seg")
 
 
 def train_lung_extract_options(options: dict[str, Any]) -> Path:
-    """``train --method lung_extract`` → :func:`cxrdecomp.models.lung.train_lung_extract`."""
+    """``train --method lung_extract`` → :func:`cxrdecomp.methods.lung.network.train_lung_extract`."""
     return _lung(options, "extract")

@@ -1,4 +1,6 @@
-"""Paired geometric augmentation of image batches on any device (CPU or GPU).
+"""The one augmentation module: paired geometric transforms and the intensity transforms of the papers.
+
+Geometric (any device, CPU or GPU):
 
 One random affine transform per sample — rotation, horizontal / vertical shift, shear, zoom and a
 horizontal (optionally vertical) flip — is drawn and applied *identically* to every tensor given,
@@ -9,6 +11,11 @@ domain-agnostic (display or attenuation domain alike; the transform only moves p
 This is the augmentation of the disentanglement-autoencoder paper (§3: rotations, shifts, shear,
 zoom, horizontal flips; Keras ``ImageDataGenerator`` style, whose "nearest" fill is our
 ``padding_mode="border"``) and of the lung-enhancement paper (§2.2), reusable by every method.
+
+Intensity transforms, each linear unless noted, so that applied to a radiograph and its bone image alike
+they keep ``x = soft + bone``: :func:`sharpen` (unsharp mask, bone paper §2.3), :func:`compress_range`
+(dynamic-range compression of processed CR/DX), :func:`zoom` (about the centre), and the non-linear
+:func:`random_gamma` (a tone curve, BS-Diff §3.2 contrast augmentation).
 
 Example:
     >>> aug = PairedAffine(rotation=10, shift=0.1, shear=5, zoom=0.1, hflip=0.5)
@@ -123,6 +130,7 @@ class PairedAffine:
         rotation: max rotation, degrees.  shift: max shift, fraction of width/height.
         shear: max shear, degrees.        zoom: max relative zoom.
         hflip / vflip: flip probabilities.  p: probability that a sample is transformed at all.
+        padding_mode: ``"border"`` (Keras' "nearest" fill, default) or ``"zeros"``.
 
     Shape:
         Each input ``(B, C, H, W)`` → same shape; all inputs share ``B, H, W``.
@@ -135,6 +143,7 @@ class PairedAffine:
     hflip: float = 0.5
     vflip: float = 0.0
     p: float = 1.0
+    padding_mode: str = "border"
 
     def __call__(self, *images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         ref = images[0]
@@ -147,4 +156,56 @@ class PairedAffine:
             keep = torch.rand(b, generator=generator).to(ref.device) >= self.p
             eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=ref.device)
             theta[keep] = eye
-        return apply_affine(theta, *images)
+        return apply_affine(theta, *images, padding_mode=self.padding_mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# intensity transforms and the deterministic zoom
+# ----------------------------------------------------------------------------------------------
+
+
+def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    xp = F.pad(x[None], (r, r, r, r), mode="reflect")
+    xp = F.conv2d(xp, k.view(1, 1, 1, -1))
+    xp = F.conv2d(xp, k.view(1, 1, -1, 1))
+    return xp[0]
+
+
+def sharpen(x: torch.Tensor, alpha: float = 0.5, sigma: float = 2.0) -> torch.Tensor:
+    """Unsharp masking ``x + α (x − blur_σ(x))`` (paper §2.3, α = 0.5). Linear. Shape ``(1, H, W)``."""
+    return x + alpha * (x - _gauss_blur(x, sigma))
+
+
+def compress_range(x: torch.Tensor, c: float, sigma_frac: float = 1 / 16) -> torch.Tensor:
+    """Dynamic-range compression of processed radiographs: ``x − c (blur(x) − mean(x))``.
+
+    The blur is a Gaussian of σ = ``sigma_frac`` × image size (computed at 1/8 resolution). Linear in
+    ``x``: applied to input and bone target alike it keeps ``x = soft + bone``. Shape ``(1, H, W)``.
+    """
+    if c == 0:
+        return x
+    h, w = x.shape[-2:]
+    small = F.interpolate(x[None], size=(max(8, h // 8), max(8, w // 8)), mode="area")[0]
+    low = F.interpolate(_gauss_blur(small, max(1.0, sigma_frac * h / 8))[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return x - c * (low - x.mean())
+
+
+def zoom(x: torch.Tensor, factor: float, mode: str = "bilinear") -> torch.Tensor:
+    """Zoom ``(C, H, W)`` about the centre by ``factor`` (> 1 enlarges), zeros outside. Linear in ``x``."""
+    theta = torch.tensor([[1 / factor, 0, 0], [0, 1 / factor, 0]], dtype=x.dtype)[None]
+    grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
+    return F.grid_sample(x[None], grid, mode=mode, padding_mode="border", align_corners=False)[0]
+
+
+def random_gamma(x: torch.Tensor, max_log_gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Tone-curve augmentation ``clamp(x, 0, 1) ** γ`` with ``γ = exp(U(−max_log_gamma, max_log_gamma))``,
+    one γ for the whole tensor (apply to a stacked item to change all its images alike). Display domain.
+    Shape: any → same."""
+    if not max_log_gamma:
+        return x
+    u = float(torch.rand((), generator=generator)) * 2 - 1
+    return x.clamp(0, 1) ** math.exp(u * max_log_gamma)

@@ -1,4 +1,4 @@
-"""Load each method's :class:`~cxrdecomp.infer.Decomposer` once and share it between requests."""
+"""Load each method's :class:`~cxrdecomp.decomposer.Decomposer` once and share it between requests."""
 
 from __future__ import annotations
 
@@ -9,16 +9,13 @@ from cxrdecomp.errors import ConfigError
 
 
 def bundled_methods() -> dict[str, str]:
-    """``--method`` names whose bundled checkpoint is installed → checkpoint name.
-
-    From :data:`cxrdecomp.models.registry.DEFAULT_CHECKPOINT` and
-    :func:`cxrdecomp.checkpoint.available_pretrained`.
-    """
+    """``--method`` names whose bundled checkpoint is installed → checkpoint name (the registry's
+    :attr:`~cxrdecomp.methods.MethodSpec.bundled` names found by :func:`cxrdecomp.checkpoint.available_pretrained`)."""
+    from cxrdecomp import methods
     from cxrdecomp.checkpoint import available_pretrained
-    from cxrdecomp.models.registry import DEFAULT_CHECKPOINT
 
     have = set(available_pretrained())
-    return {m: c for m, c in DEFAULT_CHECKPOINT.items() if c in have}
+    return {s.bundled: s.bundled for s in methods.METHODS.values() if s.bundled in have}
 
 
 class DecomposerCache:

@@ -8,7 +8,7 @@ negotiation, as a PACS expects from a node that does not store them.
 
 A received instance is written to a spool folder ``OUT/.incoming/`` and acknowledged at once; a
 worker thread then reads it (:func:`~cxrdecomp.io.radiograph.read_radiograph`), decomposes it and
-writes, with :func:`cxrdecomp.decompose.write_case`, ``OUT/<StudyInstanceUID>/<SOPInstanceUID>/``:
+writes, with :func:`cxrdecomp.batch.write_case`, ``OUT/<StudyInstanceUID>/<SOPInstanceUID>/``:
 ``bone.dcm``, ``soft_tissue.dcm``, ``enhanced.dcm`` (derived Secondary Capture, same patient and
 study, one new series each; :mod:`cxrdecomp.io.dicom_out`), the 16-bit PNGs, ``preview.png`` and
 ``decomposition.json``, plus ``OUT/<StudyInstanceUID>/index.html``. With ``forward`` the derived
@@ -119,7 +119,7 @@ class DecompositionSCP:
     """Storage SCP that decomposes received radiographs in a worker thread (module docstring).
 
     Args:
-        decomposer: a loaded :class:`~cxrdecomp.infer.Decomposer`.
+        decomposer: a loaded :class:`~cxrdecomp.decomposer.Decomposer`.
         out: output folder (``OUT/<StudyInstanceUID>/<SOPInstanceUID>/``; spool in ``OUT/.incoming``).
         ae_title: this node's AE title (≤ 16 characters).
         forward: send the derived instances there, or ``None``.
@@ -226,7 +226,7 @@ class DecompositionSCP:
         Returns:
             The output folder, or ``None`` when the instance was skipped (logged).
         """
-        from cxrdecomp.decompose import write_case, write_index
+        from cxrdecomp.batch import write_case, write_index
         from cxrdecomp.io.dicom_out import MANUFACTURER
         from cxrdecomp.io.radiograph import RadiographWarning, read_radiograph
 

@@ -16,7 +16,7 @@
   ``name`` in ``input, bone, soft_tissue, enhanced``. The bone image is shown through its linear
   display mapping ``(bone − low)/(high − low)``; ``low``/``high`` are in the JSON (``bone_range``)
   so the page can recover ``bone = low + png/255·(high − low)``.
-* ``GET /api/results/{id}/files/{file}``: everything :func:`cxrdecomp.decompose.write_case` wrote:
+* ``GET /api/results/{id}/files/{file}``: everything :func:`cxrdecomp.batch.write_case` wrote:
   16-bit PNGs, derived DICOM (same study, new series), ``preview.png``, ``decomposition.json``.
 
 Results live in a temporary folder (removed at shutdown); only the ``max_results`` most recently
@@ -180,7 +180,7 @@ def create_app(
             raise
 
     def _decompose(rid: str, folder: Path, file, method: str, w, w_s) -> dict:
-        from cxrdecomp.decompose import CASE_FILE, write_case
+        from cxrdecomp.batch import CASE_FILE, write_case
         from cxrdecomp.io.atomic import atomic_path
         from cxrdecomp.io.images import apply_display_range
         from cxrdecomp.io.radiograph import read_radiograph

@@ -57,7 +57,7 @@ def simulate_lung_cmd(
 
 
 def _lung_train_options(**kw):
-    from cxrdecomp.models.lung import LungTrainOptions
+    from cxrdecomp.methods.lung.network import LungTrainOptions
 
     return LungTrainOptions(**{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()})
 
@@ -82,7 +82,7 @@ def train_lung_seg_cmd(
     num_workers: int = typer.Option(2, "--num-workers"),
 ) -> None:
     """Train the lung segmentation U-Net (lung paper §2.2); writes OUT/model."""
-    from cxrdecomp.models.lung import train_lung_seg
+    from cxrdecomp.methods.lung.network import train_lung_seg
 
     opts = _lung_train_options(data=data, out=out, size=size, base=base, depth=depth, batch_size=batch_size, lr=lr,
                                epochs=epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
@@ -109,7 +109,7 @@ def train_lung_extract_cmd(
     num_workers: int = typer.Option(2, "--num-workers"),
 ) -> None:
     """Train the lung-structure extraction U-Net (Eq. 5); writes OUT/model."""
-    from cxrdecomp.models.lung import train_lung_extract
+    from cxrdecomp.methods.lung.network import train_lung_extract
 
     opts = _lung_train_options(data=data, out=out, seg_checkpoint=seg_checkpoint, w_nodule=w_nodule, size=size, base=base,
                                depth=depth, batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
@@ -124,7 +124,7 @@ def lung_combine_cmd(
     out: Path = typer.Option(..., "-o", "--out"),
 ) -> None:
     """Merge separately trained lung networks into one `lung` checkpoint."""
-    from cxrdecomp.models.lung import combine_checkpoints
+    from cxrdecomp.methods.lung.network import combine_checkpoints
 
     typer.echo(str(combine_checkpoints(seg, extract, out)))
 
@@ -215,7 +215,7 @@ def train_dae_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train the disentanglement autoencoder (or an AE baseline) on paired radiographs; resumable."""
-    from cxrdecomp.models.dae import DAETrainOptions, train_dae
+    from cxrdecomp.methods.dae.network import DAETrainOptions, train_dae
 
     folder = train_dae(DAETrainOptions(
         out=out, variant=variant, data=data, size=size, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
@@ -316,7 +316,7 @@ def train_bsdiff_cmd(
     limit_pairs: Optional[int] = typer.Option(None, help="Use only the first N pairs of each split (smoke tests)."),
 ) -> None:
     """Train BS-Diff (conditional diffusion bone suppression): stage 1, then stage 2; exports OUT/model."""
-    from cxrdecomp.models.bsdiff import train_bsdiff
+    from cxrdecomp.methods.bsdiff.network import train_bsdiff
 
     model: dict = {}
     if channels:
@@ -361,8 +361,8 @@ def _cpu_setup(threads: Optional[int]) -> None:
 def _load_decomposer(method: str, checkpoint: Optional[str], device: Optional[str], **options):
     """Decomposer for ``--method`` (bundled default checkpoint) or ``--checkpoint`` (overrides)."""
     from cxrdecomp.errors import ConfigError
-    from cxrdecomp.infer import Decomposer
-    from cxrdecomp.models.registry import DEFAULT_CHECKPOINT
+    from cxrdecomp.decomposer import Decomposer
+    from cxrdecomp.methods import DEFAULT_CHECKPOINT
 
     if checkpoint is None:
         if method not in DEFAULT_CHECKPOINT:
@@ -395,7 +395,7 @@ def decompose_cmd(
     the exit code is then 2.
     """
     _cpu_setup(threads)
-    from cxrdecomp.decompose import INDEX_FILE, decompose_files
+    from cxrdecomp.batch import INDEX_FILE, decompose_files
 
     dec, ckpt = _load_decomposer(method, checkpoint, device, w=w, w_s=w_s, steps=steps, upsample=upsample, batch_size=batch_size, precision=precision)
     results = decompose_files(
@@ -416,7 +416,7 @@ def demo_cmd(
 ) -> None:
     """Fetch the example radiograph (RG1_UNCI.dcm) and decompose it with the default bone model."""
     _cpu_setup(None)
-    from cxrdecomp.decompose import INDEX_FILE, decompose_files
+    from cxrdecomp.batch import INDEX_FILE, decompose_files
     from cxrdecomp.io import examples
 
     path = examples.fetch(("RG1_UNCI.dcm",), log=lambda s: print(s, file=sys.stderr))["RG1_UNCI.dcm"]

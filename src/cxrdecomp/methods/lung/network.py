@@ -15,7 +15,7 @@ One checkpoint holds both networks in one :class:`LungNet`:
 
 Inference (§2.3–2.4, :func:`predict_lung`): normalise to [0, 1], HE + CLAHE
 (:func:`cxrdecomp.preprocess.he_clahe`), segment, normalise the lung area to mean 0 / std 0.5,
-extract, rescale the lung X-ray to [0, 1]; :class:`cxrdecomp.infer.Decomposer` then fuses
+extract, rescale the lung X-ray to [0, 1]; :class:`cxrdecomp.decomposer.Decomposer` then fuses
 ``I_enhanced = I + w·I_lung`` (Eq. 6) at full resolution for one or several ``w``.
 
 Training data come from :mod:`cxrdecomp.simulate.lung_generate` (simulated DRR views of CT).
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrdecomp.models.blocks import UNet
+from cxrdecomp.nn.blocks import UNet
 from cxrdecomp.preprocess import he_clahe, lung_normalize, normalize01
 
 METHOD = "lung"
@@ -228,7 +228,7 @@ def _base_module():
 
         def __init__(self, opts: LungTrainOptions):
             super().__init__()
-            from cxrdecomp.models import registry
+            from cxrdecomp import methods as registry
 
             self.opts = opts
             self.model_config = opts.model_config()

@@ -886,7 +886,7 @@ def make_stage2_module(net: BSDiff, model_config: dict, *, input_size: int = 256
 
 
 def _load_perceptual(path):
-    """VGG16 perceptual loss from ``cxrdecomp.losses`` reading a torchvision-format state dict at ``path``.
+    """VGG16 perceptual loss from ``cxrdecomp.nn.losses`` reading a torchvision-format state dict at ``path``.
 
     Returns ``None`` (and says so on stderr) when ``path`` is ``None``.
 
@@ -900,14 +900,14 @@ def _load_perceptual(path):
     if not p.is_file():
         raise ConfigError(f"VGG16 weights file {p} not found; give a torchvision-format vgg16 state dict (.pth/.safetensors)")
     try:
-        from cxrdecomp import losses
+        from cxrdecomp.nn import losses
     except ImportError as e:  # pragma: no cover - depends on merge order
-        raise ConfigError("the perceptual loss needs cxrdecomp.losses (VGG16 perceptual loss), which is not installed") from e
+        raise ConfigError("the perceptual loss needs cxrdecomp.nn.losses (VGG16 perceptual loss), which is not installed") from e
     for name in ("VGG16PerceptualLoss", "PerceptualLoss", "VGGPerceptualLoss"):
         cls = getattr(losses, name, None)
         if cls is not None:
             return cls(p)
-    raise ConfigError("cxrdecomp.losses has no VGG16 perceptual loss class (expected VGG16PerceptualLoss(weights_path))")
+    raise ConfigError("cxrdecomp.nn.losses has no VGG16 perceptual loss class (expected VGG16PerceptualLoss(weights_path))")
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrdecomp.data.augment import compress_range, sharpen, zoom
 from cxrdecomp.errors import DataNotFoundError
 
 PAPER_AUG = {"flip": 0.5, "noise": 0.02, "bias": 0.2, "scale": 0.3, "sharpen": 0.5, "gamma": 1.6, "window_jitter": 0.01, "drc": 0.6}
@@ -42,43 +43,6 @@ PAPER_AUG = {"flip": 0.5, "noise": 0.02, "bias": 0.2, "scale": 0.3, "sharpen": 0
 sharpening α (applied with probability 1/2), max tone-curve γ, quantile jitter of the window, max
 dynamic-range compression ``c`` (see :func:`compress_range`). ``gamma``, ``window_jitter`` and ``drc``
 are cxrdecomp's additions to the paper's list, to imitate the processing of real CR/DX images."""
-
-
-def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    xp = F.pad(x[None], (r, r, r, r), mode="reflect")
-    xp = F.conv2d(xp, k.view(1, 1, 1, -1))
-    xp = F.conv2d(xp, k.view(1, 1, -1, 1))
-    return xp[0]
-
-
-def sharpen(x: torch.Tensor, alpha: float = 0.5, sigma: float = 2.0) -> torch.Tensor:
-    """Unsharp masking ``x + α (x − blur_σ(x))`` (paper §2.3, α = 0.5). Linear. Shape ``(1, H, W)``."""
-    return x + alpha * (x - _gauss_blur(x, sigma))
-
-
-def compress_range(x: torch.Tensor, c: float, sigma_frac: float = 1 / 16) -> torch.Tensor:
-    """Dynamic-range compression of processed radiographs: ``x − c (blur(x) − mean(x))``.
-
-    The blur is a Gaussian of σ = ``sigma_frac`` × image size (computed at 1/8 resolution). Linear in
-    ``x``: applied to input and bone target alike it keeps ``x = soft + bone``. Shape ``(1, H, W)``.
-    """
-    if c == 0:
-        return x
-    h, w = x.shape[-2:]
-    small = F.interpolate(x[None], size=(max(8, h // 8), max(8, w // 8)), mode="area")[0]
-    low = F.interpolate(_gauss_blur(small, max(1.0, sigma_frac * h / 8))[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    return x - c * (low - x.mean())
-
-
-def zoom(x: torch.Tensor, factor: float, mode: str = "bilinear") -> torch.Tensor:
-    """Zoom ``(C, H, W)`` about the centre by ``factor`` (> 1 enlarges), zeros outside. Linear in ``x``."""
-    theta = torch.tensor([[1 / factor, 0, 0], [0, 1 / factor, 0]], dtype=x.dtype)[None]
-    grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
-    return F.grid_sample(x[None], grid, mode=mode, padding_mode="border", align_corners=False)[0]
 
 
 def display_pair(total: torch.Tensor, soft: torch.Tensor, q_lo: float = 0.005, q_hi: float = 0.995, gamma: float = 1.0,

@@ -1,4 +1,5 @@
-"""Training losses: L1 and the VGG16 perceptual loss of the bone-extraction paper (Eq. 5).
+"""Training losses shared by the methods: L1, 1 − MS-SSIM, and the VGG16 perceptual loss of the
+bone-extraction paper (Eq. 5). A loss only one method uses lives in that method's folder.
 
 The perceptual loss compares ``block2_conv2`` features (after its ReLU, as in Keras' VGG16) of the
 prediction and the target, each replicated to 3 channels and normalised with the ImageNet mean/std.
@@ -103,3 +104,21 @@ class PerceptualLoss(nn.Module):
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error (paper §2.3)."""
     return (pred - target).abs().mean()
+
+
+def ms_ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 − MS-SSIM`` (Wang et al. 2003; 5 scales, weights :data:`cxrdecomp.metrics.MS_SSIM_WEIGHTS`, data
+    range 1) of display-domain images ``(B, 1, H, W)``; differentiable (pytorch-msssim). The Gaussian window
+    shrinks from 11 px for images under 161 px (:func:`cxrdecomp.metrics.ms_ssim_window`).
+
+    Used by the DAE (Eq. 2–4) and BS-Diff stage 2 (Eq. 5).
+
+    Raises:
+        InputError: images of 32 px or less.
+    """
+    from pytorch_msssim import ms_ssim
+
+    from cxrdecomp.metrics import MS_SSIM_WEIGHTS, ms_ssim_window
+
+    win = ms_ssim_window(min(pred.shape[-2:]))
+    return 1.0 - ms_ssim(pred.float(), target.float(), data_range=1.0, size_average=True, win_size=win, weights=list(MS_SSIM_WEIGHTS))

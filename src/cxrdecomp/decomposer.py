@@ -32,9 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrdecomp import checkpoint
+from cxrdecomp import methods
 from cxrdecomp.errors import InputError
-from cxrdecomp.models import registry
 
 
 @dataclass
@@ -121,7 +120,7 @@ class Decomposer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self._check_options(self.options)
-        self._predict = registry.predictor(self.method)
+        self._predict = methods.predictor(self.method)
 
     @staticmethod
     def _check_options(opts: dict[str, Any]) -> None:
@@ -138,13 +137,14 @@ class Decomposer:
                 raise ConfigError(f"{k} must be a finite number, not {opts[k]}")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "bone", device: str | None = None, **options) -> "Decomposer":
-        """Load a bundled checkpoint by name (``"bone"``, ``"dae"``, ...) or a checkpoint folder.
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device: str | None = None, **options) -> "Decomposer":
+        """Load a bundled checkpoint by name (``"bone"``, ``"dae"``, ...) or a checkpoint folder
+        (``None``: the default, :data:`cxrdecomp.methods.DEFAULT`).
 
         Raises:
             CheckpointError: no such checkpoint, or it does not fit its config.
         """
-        model, cfg = checkpoint.load(name_or_path)
+        model, cfg = methods.load(methods.DEFAULT if name_or_path is None else name_or_path)
         return cls(model, cfg, device=device, **options)
 
     def to_model_size(self, image: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,7 @@ class Decomposer:
     def predict_model_size(self, image: torch.Tensor, **options) -> dict[str, torch.Tensor]:
         """Run the network on ``(B, 1, H, W)`` display-domain images resized to the model size.
 
-        Returns the predictor's dict at model size ``(B, 1, S, S)`` (see :mod:`cxrdecomp.models.registry`),
+        Returns the predictor's dict at model size ``(B, 1, S, S)`` (see :mod:`cxrdecomp.methods`),
         always with a ``"bone"`` entry when the method gives a bone or soft-tissue image.
         """
         opts = {**self.options, **options}

@@ -1,8 +1,8 @@
 """Bone extraction U-Net (method 1: "Bone structures extraction and enhancement in chest
 radiographs via CNN trained on synthetic data", Gozes & Greenspan, ISBI 2019, §2.3–2.4).
 
-Registered as ``bone_unet``. Training pairs are defined in the display domain
-(:mod:`cxrdecomp.data.datasets`): input ``x ∈ [0, 1]`` (air dark, bone bright) and bone image ``b`` with
+Registered as ``bone_unet`` (bundled checkpoint ``bone``). Training pairs are defined in the display domain
+(:mod:`cxrdecomp.data.simulated`): input ``x ∈ [0, 1]`` (air dark, bone bright) and bone image ``b`` with
 ``x ≈ soft + b``. The network sees the zero-mean, unit-variance normalised radiograph and its ``tanh``
 output ``o`` is the bone image in units of the input's standard deviation::
 
@@ -18,19 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from cxrdecomp.models.blocks import UNet
-
 BONE_SCALE = 2.5
 """Default ``bone_scale``: training targets ``b / (std(x)·bone_scale)`` stay within about ±0.7."""
-
-
-def build_bone_unet(base: int = 32, depth: int = 4, dilate_from: int = 2, **_ignored) -> UNet:
-    """The paper's U-Net: 1 channel in and out, ``base`` filters first, dilated deeper levels, tanh out.
-
-    ``base=32, depth=4``: 7.8 M parameters (15.6 MB stored as float16).
-    Shape: ``(B, 1, S, S)`` → ``(B, 1, S, S)``, S divisible by ``2**depth``.
-    """
-    return UNet(1, 1, base=base, depth=depth, dilate_from=dilate_from, out_activation="tanh")
 
 
 def image_std(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +43,7 @@ def output_to_bone(out: torch.Tensor, x: torch.Tensor, bone_scale: float = BONE_
     return out * (bone_scale * image_std(x))
 
 
-def predict_bone(model, x: torch.Tensor, options: dict) -> dict[str, torch.Tensor]:
+def predict(model, x: torch.Tensor, options: dict) -> dict[str, torch.Tensor]:
     """Bone image (display domain) of radiographs ``x`` ``(B, 1, S, S)`` in ``[0, 1]``.
 
     Returns ``{"bone": (B, 1, S, S)}`` with ``x ≈ soft_tissue + bone`` (see module docstring);

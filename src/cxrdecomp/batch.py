@@ -127,7 +127,7 @@ def write_case(
     Args:
         folder: ``OUT/<name>``; written as a temporary sibling and renamed when complete.
         rg: the input :class:`~cxrdecomp.io.radiograph.Radiograph`.
-        dec: its :class:`~cxrdecomp.infer.Decomposition` (display domain, full resolution).
+        dec: its :class:`~cxrdecomp.decomposer.Decomposition` (display domain, full resolution).
         method: method name for the DICOM series descriptions and the JSON.
         options: the decomposer options used (recorded).
         write_dicom: also write ``*.dcm``.
@@ -254,7 +254,7 @@ def decompose_files(
     Args:
         paths: files and/or folders (see :func:`find_inputs`).
         out: output folder.
-        decomposer: a :class:`cxrdecomp.infer.Decomposer`.
+        decomposer: a :class:`cxrdecomp.decomposer.Decomposer`.
         write_dicom: also write DICOM Secondary Capture files.
         batch_size: inputs read and decomposed together (default: the decomposer's ``batch_size``).
         progress: show a rich progress bar on stderr.

@@ -3,7 +3,7 @@
 Three sources of predictions, one scoring path (:func:`score_images`):
 
 * a cxrdecomp method: ``evaluate_pairs(DIR, OUT, method="bone")`` runs
-  :class:`cxrdecomp.infer.Decomposer` on every ``DIR/cxr/NAME`` and scores its ``soft_tissue``;
+  :class:`cxrdecomp.decomposer.Decomposer` on every ``DIR/cxr/NAME`` and scores its ``soft_tissue``;
 * another tool's outputs: ``evaluate_pairs(DIR, OUT, pred_dir=PRED)`` reads ``PRED/NAME.*``;
 * held-out simulated pairs: ``evaluate_simulated(SIMDIR, OUT, method=...)``.
 
@@ -201,21 +201,10 @@ class Sample:
 
 
 def _decomposer(method: str | None, checkpoint: str | os.PathLike | None, device: str | None):
-    from cxrdecomp import checkpoint as ckpt
-    from cxrdecomp.infer import Decomposer
-    from cxrdecomp.models import registry
+    from cxrdecomp import methods
+    from cxrdecomp.decomposer import Decomposer
 
-    if checkpoint is not None:
-        source = checkpoint
-    elif method in registry.DEFAULT_CHECKPOINT:
-        source = registry.DEFAULT_CHECKPOINT[method]
-    elif method in ckpt.available_pretrained():
-        source = method
-    else:
-        raise ConfigError(
-            f"no checkpoint for method {method!r}: pass --checkpoint FOLDER, or one of the methods with a bundled "
-            f"checkpoint {sorted(registry.DEFAULT_CHECKPOINT)} / {ckpt.available_pretrained()}"
-        )
+    source = checkpoint if checkpoint is not None else methods.bundled_checkpoint(method)
     dec = Decomposer.from_pretrained(source, device=device)
     return dec, str(source)
 
@@ -504,10 +493,10 @@ def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tupl
 
 
 def _split_names(root: Path, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
-    """The train/validation split the bone trainer uses (``cxrdecomp.data.datasets.split_names``);
+    """The train/validation split the bone trainer uses (``cxrdecomp.data.simulated.split_names``);
     replicated here when that module is not available."""
     try:
-        from cxrdecomp.data.datasets import split_names
+        from cxrdecomp.data.simulated import split_names
 
         return split_names(root, val_fraction, seed)
     except ImportError:

@@ -161,7 +161,7 @@ def build_dae(base: int = 16, kernel: int = 3, residual: bool = True, norm: bool
 def predict_dae(model: DAE, x: torch.Tensor, options: dict) -> dict[str, torch.Tensor]:
     """Soft-tissue image of ``x`` ``(B, 1, S, S)`` display domain: ``{"soft_tissue": (B, 1, S, S)}``.
 
-    Runs the encoder and soft-tissue estimator only; :class:`cxrdecomp.infer.Decomposer` derives
+    Runs the encoder and soft-tissue estimator only; :class:`cxrdecomp.decomposer.Decomposer` derives
     ``bone = x − soft_tissue`` at model size and applies it at full resolution.
     """
     return {"soft_tissue": model(x)}
@@ -281,7 +281,7 @@ class SimulatedPairs(torch.utils.data.Dataset):
     * ``DIR/cxr/*.png`` + ``DIR/soft/*.png`` (the BSE-JSRT layout, display domain);
     * ``DIR/samples/*.npy`` written by ``cxrdecomp simulate`` (``(3, S, S)`` line integrals
       ``[total, bone, soft]``, attenuation domain): read through
-      ``cxrdecomp.data.datasets.SimulatedPairs`` (its display mapping and augmentations) when that module
+      ``cxrdecomp.data.simulated.SimulatedPairs`` (its display mapping and augmentations) when that module
       exists, else mapped here with the same linear window (0.5–99.5 % quantiles of the total);
     * ``DIR/**/*.npz`` or ``DIR/**/*.pt`` files, one sample each, holding an input array under one of
       ``SIM_INPUT_KEYS`` and a soft-tissue array under one of ``SIM_SOFT_KEYS``, ``(H, W)`` or
@@ -310,7 +310,7 @@ class SimulatedPairs(torch.utils.data.Dataset):
         npys = sorted((root / "samples").glob("*.npy")) if (root / "samples").is_dir() else []
         if npys:
             try:
-                from cxrdecomp.data.datasets import SimulatedPairs as _SimulateOutput  # bone-decomposition issue
+                from cxrdecomp.data.simulated import SimulatedPairs as _SimulateOutput  # bone-decomposition issue
             except ImportError:
                 _SimulateOutput = None
             if _SimulateOutput is not None:
@@ -439,7 +439,7 @@ def _module_class():
             if variant not in VARIANTS:
                 raise ConfigError(f"unknown DAE variant {variant!r}; choose one of {sorted(VARIANTS)}")
             from cxrdecomp.data.augment import PairedAffine
-            from cxrdecomp.models import registry
+            from cxrdecomp import methods as registry
 
             self.variant = variant
             self.method, with_seg, self.use_msssim = VARIANTS[variant]

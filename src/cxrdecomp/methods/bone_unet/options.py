@@ -1,0 +1,28 @@
+"""Training options of the bone U-Net (``cxrdecomp train bone_unet``), bone-extraction paper §2.3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cxrdecomp.train.options import TrainOptions, option
+
+
+@dataclass
+class Options(TrainOptions):
+    """Adam (lr 1e-3), batch 8, L1 on the normalised bone target, optional VGG16 perceptual loss (Eq. 5)."""
+
+    data: Optional[Path] = option(None, "A `cxrdecomp simulate` output folder (samples/*.npy).")
+    out: Path = option(Path("runs/bone"), "Run folder: last.ckpt (resume), logs/, metrics.json, model/.", flag="-o")
+    base: int = option(32, "Filters of the first U-Net level (paper: 32).")
+    depth: int = option(4, "Down-sampling steps of the U-Net.")
+    dilate_from: int = option(2, "First U-Net level with dilated (rate 2) convolutions.")
+    vgg_weights: Optional[Path] = option(None, "torchvision VGG16 state dict (.pth) for the perceptual loss (Eq. 5); none: L1 only.")
+    perceptual_weight: float = option(1.0, "Weight of the perceptual loss.")
+    real_pairs: Optional[Path] = option(None, "Also train on real pairs (BSE-JSRT layout: cxr/ and soft/, or its train/ folder).")
+    val_fraction: float = option(0.1, "Fraction of the simulated samples held out for validation.")
+    bone_scale: str = option("auto", "Network target scale: bone / (bone_scale * std(x)); 'auto' estimates it from the data.")
+    display: str = option("log", "DRR display mapping: log (linear window of the line integrals) or paper (exp(beta*mu_av)).")
+    limit_val_batches: float = option(1.0, "Fraction (or number, if > 1) of validation batches per epoch.")
+    dtype: str = option("float16", "Exported weight dtype: float16 (half the size) or float32.")

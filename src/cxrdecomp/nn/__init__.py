@@ -1,0 +1,1 @@
+"""Network building blocks and losses shared by more than one method (:mod:`.blocks`, :mod:`.losses`)."""

@@ -1,0 +1,249 @@
+"""Training shared by every method: PyTorch Lightning, checkpoints, resume, time budget, logs, DDP, export.
+
+A method supplies a :class:`MethodModule` (a ``LightningModule`` whose ``net`` attribute is the
+network the registry builds), data loaders and its options (a :class:`~cxrdecomp.train.TrainOptions`);
+:func:`fit` does the rest:
+
+* ``OUT/last.ckpt`` (Lightning state, written at the end of every epoch; a link to the newest
+  ``epoch=N-step=M.ckpt``) — rerunning the same command resumes from it after a kill;
+* an optional wall-time budget (``max_minutes``, kept across resumes in the Lightning checkpoint) after
+  which training stops cleanly and the model is exported; it also drives :meth:`MethodModule.progress`,
+  the input of the LR schedules of :mod:`cxrdecomp.train.schedules`;
+* ``OUT/logs/`` CSV and TensorBoard logs; a progress bar;
+* ``OUT/model/`` — the exported checkpoint folder (safetensors + config.json + MODEL_CARD.md),
+  loadable with ``Decomposer.from_pretrained(OUT/"model")``, written once per run;
+* CPU or CUDA, one or many GPUs / nodes (``devices``, ``num_nodes``; DDP strategy).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from cxrdecomp import checkpoint
+from cxrdecomp.io.atomic import atomic_path
+from cxrdecomp.train.options import TrainOptions
+
+LAST = "last.ckpt"
+ELAPSED_KEY = "cxrdecomp_elapsed_s"
+_OLD_ELAPSED_KEYS = ("bsdiff_elapsed_s",)  # written by bsdiff runs before the one engine; DAE runs: dae_best["elapsed"]
+
+
+class MethodModule(L.LightningModule):
+    """Base class of the methods' LightningModules.
+
+    Subclasses set ``self.net`` (the network ``cxrdecomp.methods.build_model(self.method, **self.model_config)``
+    builds), ``method``, ``model_config``, ``input_size`` and ``inference_defaults``, implement
+    ``training_step`` / ``validation_step`` (logging ``val/<metric>`` with ``sync_dist=True``) and
+    ``configure_optimizers``, and may override :meth:`model_card`, :meth:`export_config` and
+    :meth:`select_for_export`. Subclasses that override ``on_train_start``, ``on_train_batch_start``,
+    ``on_save_checkpoint`` or ``on_load_checkpoint`` call ``super()``.
+
+    Time budget: with ``max_minutes`` set, training stops at the first batch after that many minutes of
+    training (earlier, interrupted runs included: the elapsed time is stored in the checkpoint).
+    """
+
+    method: str = ""
+    model_config: dict[str, Any] = {}
+    input_size: int = 512
+    inference_defaults: dict[str, Any] = {}
+    card_summary: str = ""
+    max_minutes: float | None = None
+    _elapsed_before: float = 0.0
+    _t0: float | None = None
+
+    # -- time budget and progress -------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier interrupted runs included."""
+        return self._elapsed_before + (time.monotonic() - self._t0 if self._t0 is not None else 0.0)
+
+    def progress(self, step: int | None = None) -> float:
+        """Training progress in ``[0, 1]``: ``max(step / total_steps, elapsed / budget)``."""
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        step = self.global_step if step is None else step
+        p = step / total
+        if self.max_minutes:
+            p = max(p, self.elapsed() / (60 * self.max_minutes))
+        return min(1.0, p)
+
+    def on_train_start(self):
+        self._t0 = time.monotonic()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.max_minutes and self.elapsed() >= 60 * self.max_minutes:
+            if not self.trainer.should_stop:
+                print(f"{self.method}: time budget of {self.max_minutes} min reached at step {self.global_step}; stopping", file=sys.stderr)
+            self.trainer.should_stop = True
+            return -1
+        return None
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint[ELAPSED_KEY] = self.elapsed()
+
+    def on_load_checkpoint(self, checkpoint):
+        old = [checkpoint.get(k) for k in _OLD_ELAPSED_KEYS] + [(checkpoint.get("dae_best") or {}).get("elapsed")]
+        vals = [checkpoint.get(ELAPSED_KEY), *old]
+        self._elapsed_before = float(next((v for v in vals if v is not None), 0.0))
+
+    # -- export ---------------------------------------------------------------------------------------
+    def select_for_export(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Called once before export with the last validation metrics; a module that keeps the weights of
+        its best validation epoch loads them into ``self.net`` here and returns their metrics."""
+        return metrics
+
+    def export_config(self, metrics: dict[str, float], training: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "model": self.model_config,
+            "input_size": self.input_size,
+            "inference": self.inference_defaults,
+            "training": training,
+            "metrics": metrics,
+        }
+
+    def model_card(self, metrics: dict[str, float], training: dict[str, Any], n_params: int, size_mb: float) -> str:
+        lines = [
+            f"# Model card: {self.method}",
+            "",
+            self.card_summary or f"cxrdecomp method `{self.method}`.",
+            "",
+            "**Intended use:** research on chest radiograph decomposition. Not a medical device; not for diagnosis.",
+            "",
+            "## Training",
+            "",
+            f"- Command: `{training.get('command', '')}`",
+            f"- Data: {training.get('data', '')}",
+            f"- Steps: {training.get('global_step', '')}, epochs: {training.get('epochs', '')}, device: {training.get('device', '')}",
+            "",
+            "## Validation metrics",
+            "",
+        ]
+        lines += [f"- {k}: {v:.4g}" for k, v in sorted(metrics.items())] or ["- (none logged)"]
+        lines += ["", "## Size", "", f"- Parameters: {n_params:,}; weights file: {size_mb:.2f} MB", ""]
+        return "\n".join(lines)
+
+
+def make_trainer(
+    out: Path,
+    *,
+    max_epochs: int = 10,
+    max_steps: int = -1,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    progress: bool = True,
+    val_every: int = 1,
+    limit_val_batches: float | int = 1.0,
+    log_every: int = 10,
+) -> L.Trainer:
+    """The Lightning ``Trainer`` of every method: checkpoints every epoch (``last.ckpt`` link), CSV and
+    TensorBoard logs under ``out/logs``, DDP when more than one device or node."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = ModelCheckpoint(dirpath=out, save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
+    ckpt.CHECKPOINT_NAME_LAST = "last"
+    loggers = [CSVLogger(out / "logs", name="", version=""), TensorBoardLogger(out / "logs", name="", version="")]
+    if strategy == "auto" and (devices not in (1, "1") or num_nodes > 1):
+        strategy = "ddp"
+    return L.Trainer(
+        default_root_dir=out,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        callbacks=[ckpt],
+        logger=loggers,
+        enable_progress_bar=progress,
+        check_val_every_n_epoch=val_every,
+        limit_val_batches=limit_val_batches,
+        log_every_n_steps=log_every,
+        enable_model_summary=False,
+    )
+
+
+def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+
+
+def fit(
+    module: MethodModule,
+    train_loader,
+    val_loader,
+    options: TrainOptions,
+    *,
+    data_description: str = "",
+    out: str | Path | None = None,
+    epochs: int | None = None,
+    **trainer_kwargs,
+) -> Path:
+    """Train ``module`` and export ``OUT/model``; resume from ``OUT/last.ckpt`` when present.
+
+    Args:
+        module: the method's LightningModule (its ``max_minutes`` is set from ``options``).
+        train_loader, val_loader: data loaders (``val_loader`` may be ``None``).
+        options: the run's options (``out``, ``epochs``, ``max_steps``, ``max_minutes``, devices ...).
+        data_description: one line for the model card.
+        out, epochs: override ``options.out`` / ``options.epochs`` (e.g. a pre-training stage).
+        **trainer_kwargs: further :func:`make_trainer` arguments (``limit_val_batches``, ``log_every`` ...).
+
+    Returns:
+        The exported checkpoint folder ``OUT/model``.
+    """
+    out = Path(out if out is not None else options.out)
+    module.max_minutes = options.max_minutes if options.max_minutes and options.max_minutes > 0 else None
+    n_batches = len(train_loader) if hasattr(train_loader, "__len__") else 50
+    kw = dict(
+        max_epochs=int(epochs if epochs is not None else options.epochs), max_steps=int(options.max_steps),
+        accelerator=options.accelerator, devices=options.devices_value, num_nodes=int(options.num_nodes),
+        strategy=options.strategy, precision=options.precision, progress=bool(options.progress),
+        val_every=int(options.val_every), log_every=max(1, min(50, n_batches)),
+    )
+    kw.update(trainer_kwargs)
+    trainer = make_trainer(out, **kw)
+    last = out / LAST
+    ckpt_path = str(last) if (options.resume and last.is_file()) else None
+    if ckpt_path and trainer.is_global_zero:
+        print(f"resuming from {last}", file=sys.stderr)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+    metrics = _val_metrics(trainer)
+    if not metrics and val_loader is not None:
+        # e.g. a resumed run whose step or time budget was already spent: validate the final weights so the
+        # exported config and model card still carry metrics
+        trainer.validate(module, val_loader, verbose=False)
+        metrics = _val_metrics(trainer)
+    metrics = module.select_for_export(metrics)
+    folder = out / "model"
+    if trainer.is_global_zero:
+        training = {
+            "command": " ".join(shlex.quote(a) for a in ["cxrdecomp", *sys.argv[1:]]) if sys.argv else "",
+            "data": data_description,
+            "global_step": int(trainer.global_step),
+            "epochs": int(trainer.current_epoch),
+            "elapsed_s": round(module.elapsed(), 1),
+            "device": f"{trainer.accelerator.__class__.__name__} x{trainer.num_devices * trainer.num_nodes}",
+            "torch": torch.__version__,
+            "options": options.to_json(),
+        }
+        net = module.net
+        n_params = sum(p.numel() for p in net.parameters())
+        config = module.export_config(metrics, training)
+        bytes_per = 2 if config.get("dtype") == "float16" else 4
+        card = module.model_card(metrics, training, n_params, n_params * bytes_per / 1e6)
+        checkpoint.save(folder, net, config, card)
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    return folder
