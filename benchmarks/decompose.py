@@ -68,7 +68,7 @@ def main() -> None:
     from cxrdecomp.decomposer import Decomposer
     from cxrdecomp.io.examples import example_file
     from cxrdecomp.io.radiograph import read_radiograph
-    from cxrdecomp.methods.bone_unet.network import build_bone_unet
+    from cxrdecomp.methods.bone_unet.network import build as build_bone_unet
 
     src = example_file("RG1_UNCI.dcm")
     tmp = Path(tempfile.mkdtemp(prefix="cxrdecomp-bench-"))

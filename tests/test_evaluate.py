@@ -14,7 +14,7 @@ from PIL import Image
 
 from cxrdecomp import checkpoint, evaluate as ev
 from cxrdecomp.errors import ConfigError, DataNotFoundError
-from cxrdecomp.methods.bone_unet.network import build_bone_unet
+from cxrdecomp.methods.bone_unet.network import build as build_bone_unet
 
 S = 64
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrdecomp.errors import ConfigError, InputError
+from cxrdecomp import metrics
+from cxrdecomp.errors import CheckpointError, ConfigError, DataNotFoundError, InputError
 from cxrdecomp.simulate import lung as L
 from cxrdecomp.simulate import lung_generate as G
 
@@ -53,7 +54,7 @@ def phantom_case():
 def test_threshold_mask_recovers_phantom_lungs_without_trachea_and_outside_air():
     hu, sp, lungs = chest_phantom()
     m = L.lung_mask_threshold(hu, sp)
-    assert L.dice(m, lungs) > 0.97
+    assert metrics.dice(m.reshape(1, -1), lungs.reshape(1, -1)) > 0.97
     c = hu.shape[0] // 2
     assert not m[c, c, -3]  # trachea top removed
     assert not m[0, 0, 10]  # outside air removed
@@ -62,11 +63,11 @@ def test_threshold_mask_recovers_phantom_lungs_without_trachea_and_outside_air()
 
 
 def test_threshold_mask_errors():
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"expected an \(X, Y, Z\) CT volume"):
         L.lung_mask_threshold(np.zeros((4, 4)), (1, 1, 1))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="no air inside the body"):
         L.lung_mask_threshold(np.zeros((16, 16, 8), np.float32), (1, 1, 1))  # no air at all
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="no label name contains 'lung'"):
         L.lung_mask_from_labels(np.zeros((4, 4, 4), np.int16), {1: "liver"})
 
 
@@ -111,7 +112,7 @@ def test_example_ct_lung_mask_plausible_and_matches_labels(example_ct_half):
     assert 2.0 < vol < 8.0, vol
     a, b = L.count_lungs(m)
     assert min(a, b) > 0.3 * (a + b)  # both lungs found
-    d = L.dice(m, labels)
+    d = metrics.dice(m.reshape(1, -1), labels.reshape(1, -1))
     print(f"\nexample CT: threshold lung volume {vol:.2f} L (labels {L.mask_volume_litres(labels, sp):.2f} L), Dice vs labels {d:.4f}")
     assert d > 0.9
     # the 2D mask contains lung hidden behind the heart: more 2D lung than the lungs' widest slice
@@ -133,9 +134,9 @@ def test_random_nodules_lie_inside_the_lung_with_requested_size():
     hu2, mask = L.insert_nodules(case.hu, case.spacing, nods, case.lung)
     assert mask.any() and not (mask & ~case.lung).any()
     assert np.all(hu2[mask] > -100)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="invalid nodule diameter range"):
         L.random_nodules(case.lung, case.spacing, rng, diameter_mm=(10, 5))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="empty lung mask"):
         L.random_nodules(np.zeros((4, 4, 4), bool), (1, 1, 1), rng)
 
 
@@ -153,6 +154,40 @@ def test_inserted_nodule_shows_up_in_the_lung_xray():
     assert float(diff[nm > 0].mean()) > 0.1
     assert float(diff[nm == 0].abs().max()) < 0.05
     assert torch.all(s["lung_mask"][nm > 0] == 1)  # nodules lie in the 2D lung mask
+
+
+def test_nodule_contrast_single_and_batch():
+    img = torch.zeros(2, 1, 32, 32)
+    nm = torch.zeros_like(img)
+    nm[0, 0, 10:14, 10:14] = 1
+    img[0, 0, 10:14, 10:14] = 0.5  # nodule 0.5 above a ring of 0.1
+    img[0, 0, 6:18, 6:18] += 0.1
+    img[0, 0, 10:14, 10:14] -= 0.1
+    c = L.nodule_contrast(img, nm, ring_px=4)
+    assert c.shape == (2,) and c.dtype == torch.float64
+    assert float(c[0]) == pytest.approx(0.4) and torch.isnan(c[1])  # image 1: no nodule
+    assert L.nodule_contrast(img[0, 0].numpy(), nm[0, 0].numpy(), ring_px=4) == pytest.approx(0.4)
+    # a wider ring reaches the zero background: lower contrast
+    assert L.nodule_contrast(img[0, 0], nm[0, 0], ring_px=8) == pytest.approx(0.5 - 0.1 * (144 - 16) / (400 - 16))
+    with pytest.raises(InputError, match="empty nodule mask"):
+        L.nodule_contrast(img[1, 0], nm[1, 0])
+    with pytest.raises(InputError, match="differ in shape"):
+        L.nodule_contrast(img, nm[:, :, :16])
+
+
+def test_simulated_drr_uses_the_bone_simulation_display_window():
+    from cxrdecomp.simulate.render import display_window
+
+    cfg = G.LungSimConfig(size=48, nodules=(0, 0), rotation_deg=4.0, flip_prob=1.0)
+    s = G.render_sample(phantom_case(), np.random.default_rng(2), cfg)
+    li, drr = s["drr_li"], s["drr"]
+    lo, hi = (float(v) for v in display_window(li[None, None]))
+    inside = (li > lo) & (li < hi)
+    assert torch.allclose(drr[inside], (li[inside] - lo) / (hi - lo), atol=1e-6)
+    assert float(drr.min()) == 0.0 and float(drr.max()) == 1.0
+    assert 0.003 < float((li <= lo).float().mean()) < 0.1  # the 0.5 % quantile: air, clipped to 0
+    assert s["meta"]["flip_lr"] is True and all(abs(a) <= 4.0 for a in s["meta"]["rotation_deg"])
+    assert max(abs(a) for a in s["meta"]["rotation_deg"][:2]) <= 4.0 / 3
 
 
 @pytest.mark.data
@@ -178,11 +213,19 @@ def test_simulate_is_resumable_and_guards_parameters(tmp_path):
     assert not list(tmp_path.rglob("*.part"))
     meta = json.loads((tmp_path / "meta" / "00000.json").read_text())
     assert meta["case"] == "phantom" and len(meta["nodules"]) >= 1
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="holds a simulation with other parameters"):
         G.simulate(tmp_path, 2, [case], G.LungSimConfig(size=64), seed=5, progress=False)
-    ds = G.LungSimDataset(tmp_path)
+    from cxrdecomp.methods.lung.data import LungSimDataset
+
+    ds = LungSimDataset(tmp_path)
     item = ds[0]
+    assert len(ds) == 2 and item["name"] == "00000"
     assert item["input"].shape == (1, 32, 32) and set(item["lung_mask"].unique().tolist()) <= {0.0, 1.0}
+    assert LungSimDataset(tmp_path, size=16)[1]["lung"].shape == (1, 16, 16)
+    (tmp_path / "input" / "00001.png").unlink()  # an incomplete sample is skipped
+    assert LungSimDataset(tmp_path).names == ["00000"]
+    with pytest.raises(DataNotFoundError, match="no simulated lung samples"):
+        LungSimDataset(tmp_path / "nothing")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,12 +285,12 @@ def test_preprocess_he_clahe_and_lung_normalisation():
     assert float(inside.mean()) == pytest.approx(0.0, abs=1e-4)
     assert float(inside.std(unbiased=False)) == pytest.approx(0.5, abs=1e-3)
     assert torch.isfinite(lung_normalize(p, torch.zeros_like(mask))).all()  # empty mask: whole image
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"expected \(B, 1, H, W\) images"):
         he_clahe(torch.zeros(64, 64))
 
 
 def test_nodule_weighted_l1_and_weighted_bce():
-    from cxrdecomp.methods.lung.network import nodule_weighted_l1, weighted_bce
+    from cxrdecomp.methods.lung.losses import nodule_weighted_l1, weighted_bce
 
     y = torch.zeros(1, 1, 8, 8)
     nm = torch.zeros_like(y)
@@ -281,31 +324,74 @@ def _read_rg1():
     return 1.0 - a if ds.PhotometricInterpretation == "MONOCHROME1" else a
 
 
+def test_train_rejects_bad_stage_and_options(tmp_path):
+    from cxrdecomp.methods.lung.module import train
+    from cxrdecomp.methods.lung.options import Options
+
+    with pytest.raises(ConfigError, match="unknown lung training stage 'segment'"):
+        train(Options(data=tmp_path, stage="segment"))
+    with pytest.raises(ConfigError, match="--seg-checkpoint belongs to --stage extract"):
+        train(Options(data=tmp_path, stage="seg", seg_checkpoint=tmp_path))
+    with pytest.raises(ConfigError, match="give --data"):
+        train(Options(stage="extract"))
+    with pytest.raises(DataNotFoundError, match="no simulated lung samples"):
+        train(Options(data=tmp_path, stage="seg", out=tmp_path / "run"))
+
+
+def test_options_defaults_follow_the_paper():
+    from cxrdecomp import methods
+    from cxrdecomp.methods.lung.options import Options
+
+    o = methods.train_options("lung")()
+    assert isinstance(o, Options)
+    assert (o.lr, o.batch_size, o.size, o.base, o.w_nodule, o.noise_std, o.stage) == (1e-4, 8, 512, 32, 30.0, 0.2, "seg")
+    assert str(o.out) == "runs/lung" and o.seg_checkpoint is None
+
+
+@pytest.mark.slow
 def test_training_smoke_and_end_to_end_on_real_radiograph(tmp_path):
-    from cxrdecomp import checkpoint
+    from cxrdecomp import methods
     from cxrdecomp.decomposer import Decomposer
-    from cxrdecomp.methods.lung.network import LungNet, LungTrainOptions, combine_checkpoints, train_lung_extract, train_lung_seg
+    from cxrdecomp.methods.lung.module import train
+    from cxrdecomp.methods.lung.network import LungNet
+    from cxrdecomp.methods.lung.options import Options
 
     case = phantom_case()
     cfg = G.LungSimConfig(size=32, nodule_diameter_mm=(10, 16))
     G.simulate(tmp_path / "data" / "train", 4, [case], cfg, seed=0, progress=False)
     G.simulate(tmp_path / "data" / "val", 2, [case], cfg, seed=1, progress=False)
-    common = dict(data=str(tmp_path / "data"), size=32, base=4, depth=2, batch_size=2, max_steps=2, accelerator="cpu", num_workers=0, progress=False)
-    seg = train_lung_seg(LungTrainOptions(out=str(tmp_path / "seg"), **common))
-    assert (seg / "model.safetensors").is_file()
+    common = dict(data=tmp_path / "data", size=32, base=4, depth=2, batch_size=2, max_steps=2, accelerator="cpu", num_workers=0, progress=False)
+    seg = train(Options(stage="seg", out=tmp_path / "seg", **common))
+    assert seg == tmp_path / "seg" / "model" and (seg / "model.safetensors").is_file()
     seg_metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
-    assert "val/dice" in seg_metrics
-    # the ablation (w_nodule = 0) runs and bundles the trained segmentation weights
-    ext = train_lung_extract(LungTrainOptions(out=str(tmp_path / "ext"), w_nodule=0.0, seg_checkpoint=str(seg), **common))
-    net_seg, _ = checkpoint.load(seg)
-    net_ext, cfg_ext = checkpoint.load(ext)
+    assert {"val/dice", "val/dice_at_0.5", "val/loss"} <= set(seg_metrics)
+    net_seg, cfg_seg = methods.load(seg)
+    assert cfg_seg["training"]["options"]["stage"] == "seg" and cfg_seg["inference"]["lung_threshold"] == 0.95
+
+    # the ablation (w_nodule = 0), first without a segmentation checkpoint: its seg U-Net stays untrained
+    ext_opts = Options(stage="extract", out=tmp_path / "ext", w_nodule=0.0, **common)
+    ext = train(ext_opts)
+    net_ext, cfg_ext = methods.load(ext)
     assert isinstance(net_ext, LungNet) and cfg_ext["method"] == "lung" and cfg_ext["dtype"] == "float16"
-    for a, b in zip(net_seg.seg.parameters(), net_ext.seg.parameters()):
-        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(net_seg.seg.parameters(), net_ext.seg.parameters()))
     m = json.loads((tmp_path / "ext" / "metrics.json").read_text())
-    assert {"val/mae", "val/mse", "val/psnr", "val/ssim"} <= set(m)
-    comb = combine_checkpoints(seg, ext, tmp_path / "combined")
-    assert "seg_val/dice" in checkpoint.load_config(comb)["metrics"]
+    assert {"val/mae", "val/mse", "val/rmse", "val/psnr", "val/ssim"} <= set(m)
+    assert "seg_val/dice" not in cfg_ext["metrics"]
+    extract_before = [p.clone() for p in net_ext.extract.parameters()]
+
+    # rerunning the finished run with --seg-checkpoint resumes (no further step) and bundles both networks
+    comb = train(ext_opts.replace(seg_checkpoint=seg))
+    net_comb, cfg_comb = methods.load(comb)
+    for a, b in zip(net_seg.seg.parameters(), net_comb.seg.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(extract_before, net_comb.extract.parameters()):
+        assert torch.equal(a, b)
+    assert cfg_comb["training"]["global_step"] == 2
+    assert cfg_comb["metrics"]["seg_val/dice"] == pytest.approx(seg_metrics["val/dice"])
+    assert cfg_comb["training"]["segmentation"]["checkpoint"] == str(seg)
+    assert "## Segmentation network" in (comb / "MODEL_CARD.md").read_text()
+    with pytest.raises(CheckpointError, match="do not fit this network"):
+        train(ext_opts.replace(out=tmp_path / "ext_wide", base=8, seg_checkpoint=seg))
 
     image = _read_rg1()
     dec = Decomposer.from_pretrained(comb, device="cpu", enhanced_rescale=False)
@@ -318,3 +404,17 @@ def test_training_smoke_and_end_to_end_on_real_radiograph(tmp_path):
     assert torch.allclose(out.extra["enhanced_w2"], torch.from_numpy(image) + 2 * lung, atol=1e-5)
     rescaled = Decomposer.from_pretrained(comb, device="cpu")(image)
     assert float(rescaled.extra["enhanced_w2"].max()) <= 1 + 1e-6
+
+
+def test_bundled_lung_checkpoint_loads_and_predicts():
+    from cxrdecomp import methods
+    from cxrdecomp.methods.lung.network import LungNet
+    from cxrdecomp.methods.lung.predict import predict
+
+    net, cfg = methods.load("lung")
+    assert isinstance(net, LungNet) and cfg["method"] == "lung"
+    x = torch.rand(1, 1, cfg["input_size"], cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out = predict(net, x, cfg["inference"])
+    assert set(out) == {"lung", "lung_mask"} and out["lung"].shape == x.shape
+    assert float(out["lung"].min()) == 0.0 and float(out["lung"].max()) == pytest.approx(1.0)

@@ -11,7 +11,7 @@ import torch
 from cxrdecomp import checkpoint
 from cxrdecomp.errors import ConfigError
 from cxrdecomp.decomposer import Decomposer
-from cxrdecomp.methods.bone_unet.network import build_bone_unet
+from cxrdecomp.methods.bone_unet.network import build as build_bone_unet
 
 pydicom = pytest.importorskip("pydicom")
 pynetdicom = pytest.importorskip("pynetdicom")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cxrdecomp import checkpoint
 from cxrdecomp.decomposer import Decomposer
-from cxrdecomp.methods.bone_unet.network import build_bone_unet
+from cxrdecomp.methods.bone_unet.network import build as build_bone_unet
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("multipart", reason="python-multipart is needed for uploads")

@@ -31,7 +31,14 @@ from cxrdecomp.errors import InputError
 from cxrdecomp.physics.materials import LUNG_KEYS, label_ids, material_volume
 from cxrdecomp.projector.conebeam import PreparedVolume, forward_project
 from cxrdecomp.projector.geometry import Detector, Pose
-from cxrdecomp.simulate.ct2xray import SOFT_DENSITY, Spectrum, add_poisson_noise, dual_energy, log_image, polyenergetic_intensity
+from cxrdecomp.simulate.ct2xray import (
+    SOFT_DENSITY,
+    Spectrum,
+    add_poisson_noise,
+    dual_energy,
+    log_image,
+    polyenergetic_intensity,
+)
 
 
 def default_device() -> torch.device:

@@ -10,7 +10,8 @@ attenuation µ in cm⁻¹; projections ``(Z, X)`` rows head→feet, columns pati
 * :func:`lung_mask_threshold` — 3D lung mask: −500 HU threshold, outside air and trachea removed,
   holes filled per axial slice.
 * :func:`lung_mask_from_labels` — 3D lung mask from a label map (structures whose name contains
-  ``"lung"``, e.g. the five TotalSegmentator lobes of the example CT); :func:`dice` compares the two.
+  ``"lung"``, e.g. the five TotalSegmentator lobes of the example CT); compare two 3D masks with
+  ``cxrdecomp.metrics.dice(a.reshape(1, -1), b.reshape(1, -1))`` (the volume's Dice).
 * :func:`project_mask` — 2D lung (or nodule) mask = AP projection of a 3D mask, so lung hidden
   behind the heart or the diaphragm is included.
 * :func:`lung_xray` — Eq. 4: the DRR of the lung voxels only. Every voxel outside the lung mask is
@@ -18,6 +19,7 @@ attenuation µ in cm⁻¹; projections ``(Z, X)`` rows head→feet, columns pati
   them to 0 HU, i.e. water, which would add the whole body's soft-tissue silhouette back into the
   target; setting them to air keeps only lung parenchyma, vessels, airways and nodules.
 * :func:`insert_nodules` — synthetic solid nodules (soft-tissue ellipsoids 5–30 mm) inside the lung.
+* :func:`nodule_contrast` — contrast of the 2D nodules in an image or a batch (training validation).
 * :func:`select_lidc_nodules` / :func:`lidc_nodule_volume` — LIDC-IDRI nodules through pylidc.
 """
 
@@ -29,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from cxrdecomp.errors import ConfigError, DataNotFoundError, InputError
@@ -199,15 +202,6 @@ def lung_mask_from_labels(labels: np.ndarray, label_names: dict[int, str], patte
     if not ids:
         raise InputError(f"no label name contains {pattern!r}; names: {sorted(label_names.values())[:10]}...")
     return np.isin(labels, ids)
-
-
-def dice(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, eps: float = 1e-8) -> float:
-    """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks of the same shape."""
-    a = np.asarray(a, bool) if not isinstance(a, torch.Tensor) else a.detach().cpu().numpy().astype(bool)
-    b = np.asarray(b, bool) if not isinstance(b, torch.Tensor) else b.detach().cpu().numpy().astype(bool)
-    if a.shape != b.shape:
-        raise InputError(f"masks of different shapes {a.shape} and {b.shape}")
-    return float(2.0 * (a & b).sum() / (a.sum() + b.sum() + eps))
 
 
 def mask_volume_litres(mask: np.ndarray, spacing: Sequence[float]) -> float:
@@ -385,24 +379,52 @@ def insert_nodules(hu: np.ndarray, spacing: Sequence[float], nodules: Sequence[N
     return out, mask
 
 
-def nodule_contrast(image: torch.Tensor | np.ndarray, nodule_mask: torch.Tensor | np.ndarray, ring_px: int = 4) -> float:
-    """Nodule contrast: mean inside the 2D nodule mask minus mean in a surrounding ring.
+def nodule_contrast(image: torch.Tensor | np.ndarray, nodule_mask: torch.Tensor | np.ndarray, ring_px: int = 4):
+    """Nodule contrast: mean of the image inside the 2D nodule mask minus its mean in a surrounding ring
+    (not a metric of the lung paper: it quantifies what its Fig. 7e/f show, how visible the nodules stay
+    in the extracted lung X-ray with and without the nodule weight of Eq. 5).
+
+    The ring is the mask dilated by ``ring_px`` pixels (a ``(2·ring_px + 1)²`` square window) minus the
+    mask. Computed in float64 on the image's device.
 
     Args:
-        image: ``(H, W)`` image (either domain; the contrast has its units).
-        nodule_mask: ``(H, W)`` binary mask.
-        ring_px: ring width in pixels (a dilation of the mask minus the mask).
+        image: ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)`` tensor or array, either domain (the contrast
+            has the image's units).
+        nodule_mask: same shape, ``> 0.5`` = nodule.
+        ring_px: ring width in pixels.
+
+    Returns:
+        A ``float`` for an ``(H, W)`` image; for a batch a ``(B,)`` float64 tensor, NaN for the images
+        without a nodule.
 
     Raises:
-        InputError: empty mask.
+        InputError: shapes differ or are not images; an ``(H, W)`` image with an empty mask.
     """
-    img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    m = (nodule_mask.detach().cpu().numpy() if isinstance(nodule_mask, torch.Tensor) else np.asarray(nodule_mask)) > 0.5
-    img, m = np.squeeze(img), np.squeeze(m)
-    if not m.any():
-        raise InputError("empty nodule mask")
-    ring = ndimage.binary_dilation(m, iterations=ring_px) & ~m
-    return float(img[m].mean() - img[ring].mean())
+    img, single = _as_b1hw(image, "image")
+    m, _ = _as_b1hw(nodule_mask, "nodule_mask")
+    if img.shape != m.shape:
+        raise InputError(f"image {tuple(img.shape)} and nodule mask {tuple(m.shape)} differ in shape")
+    m = (m.to(img.device) > 0.5).to(torch.float64)
+    ring = (F.max_pool2d(m, 2 * ring_px + 1, stride=1, padding=ring_px) > 0).to(torch.float64) - m
+    n_in, n_ring = m.sum((1, 2, 3)), ring.sum((1, 2, 3))
+    c = (img * m).sum((1, 2, 3)) / n_in.clamp_min(1) - (img * ring).sum((1, 2, 3)) / n_ring.clamp_min(1)
+    c = torch.where(n_in > 0, c, torch.full_like(c, float("nan")))
+    if single:
+        if n_in[0] == 0:
+            raise InputError("empty nodule mask")
+        return float(c[0])
+    return c
+
+
+def _as_b1hw(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
+    """``x`` as a float64 ``(B, 1, H, W)`` tensor (device kept) and whether it was one ``(H, W)`` image."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
+    t = t.to(torch.float64)
+    single = t.ndim == 2
+    t = t[None, None] if t.ndim == 2 else t[:, None] if t.ndim == 3 else t
+    if t.ndim != 4 or t.shape[1] != 1:
+        raise InputError(f"{name}: expected an (H, W), (B, H, W) or (B, 1, H, W) image, got shape {tuple(t.shape)}")
+    return t, single
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ From one CT case, each sample is a new view: synthetic nodules inserted into the
 random rotation (and optional left–right flip) of the volume, then an AP parallel projection
 (:func:`cxrdecomp.projector.parallel.line_integral_ap`) of
 
-* the whole volume → the input DRR (attenuation domain, mapped to the display domain by
-  :func:`drr_display`);
+* the whole volume → the input DRR (attenuation domain, mapped to the display domain by the bone
+  simulation's window, :func:`cxrdecomp.simulate.render.display_window` + ``to_display``, clipped to
+  ``[0, 1]``: both methods see the same input domain, and HE + CLAHE follows anyway);
 * the lung voxels only (Eq. 4, others set to air) → the lung X-ray, display value ``L_lung / lung_scale``
   (``lung_scale`` = 1.0 line-integral unit by default, so the target keeps its physical scale);
 * the 3D lung mask → the 2D lung mask; the 3D nodule mask → the 2D nodule mask.
@@ -21,12 +22,13 @@ complete samples, so an interrupted run resumes)::
     OUT/nodule_mask/NAME.png  8-bit 0/255
     OUT/meta/NAME.json        pose and nodules (written last: marks the sample complete)
     OUT/simulation.json       parameters
+
+:class:`cxrdecomp.methods.lung.data.LungSimDataset` reads such a folder back for training.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,10 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrdecomp.errors import ConfigError, DataNotFoundError  # noqa: F401
+from cxrdecomp.errors import ConfigError
 from cxrdecomp.io.atomic import atomic_path
 from cxrdecomp.projector.parallel import line_integral_ap
 from cxrdecomp.simulate import lung as L
+from cxrdecomp.simulate.render import display_window, rotation_matrix, to_display
 
 FOLDERS = ("drr", "input", "lung", "lung_mask", "nodule_mask")
 
@@ -122,32 +125,6 @@ class LungSimConfig:
     mu_water: float = L.MU_WATER_CM
 
 
-def drr_display(line_integral: torch.Tensor, q_lo: float = 0.005, q_hi: float = 0.995) -> torch.Tensor:
-    """Map DRR line integrals (attenuation domain, ``(H, W)`` or ``(B, 1, H, W)``) to the display domain.
-
-    The bone simulation's mapping (``cxrdecomp.simulate.render.display_window`` + ``to_display``): a
-    linear window between the ``q_lo`` and ``q_hi`` quantiles of each image (the "log" display of a
-    radiograph, air dark, bone bright), here clipped to ``[0, 1]`` for storage. Both methods therefore
-    see the same input domain (and HE + CLAHE follows anyway).
-    """
-    x = line_integral[None, None] if line_integral.ndim == 2 else line_integral
-    flat = x.flatten(1).float()
-    if flat.shape[1] > 65536:
-        flat = flat[:, :: flat.shape[1] // 65536 + 1]
-    q = torch.quantile(flat, torch.tensor([q_lo, q_hi], device=flat.device, dtype=flat.dtype), dim=1)
-    lo, hi = q[0].view(-1, 1, 1, 1), torch.maximum(q[1], q[0] + 1e-6).view(-1, 1, 1, 1)
-    out = ((x - lo) / (hi - lo)).clamp(0, 1)
-    return out[0, 0] if line_integral.ndim == 2 else out
-
-
-def _rotation_matrix(ax: float, ay: float, az: float) -> torch.Tensor:
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
-    rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]], dtype=torch.float64)
-    ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]], dtype=torch.float64)
-    rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]], dtype=torch.float64)
-    return rz @ ry @ rx
-
-
 def rotate_volume(vol: torch.Tensor, spacing: Sequence[float], rot: torch.Tensor, flip_x: bool = False) -> torch.Tensor:
     """Rotate ``(C, X, Y, Z)`` channels about the volume centre (trilinear, zeros outside).
 
@@ -189,7 +166,9 @@ def render_sample(case: LungCase, rng: np.random.Generator, cfg: LungSimConfig, 
     Returns:
         dict of ``(size, size)`` float32 CPU tensors ``drr`` (display domain), ``drr_li`` and
         ``lung_li`` (attenuation domain line integrals), ``lung`` (display domain,
-        ``lung_li / lung_scale`` clipped), ``lung_mask`` and ``nodule_mask`` (0/1), plus ``meta``.
+        ``lung_li / lung_scale`` clipped), ``lung_mask`` and ``nodule_mask`` (0/1), plus ``meta``
+        (``rotation_deg``: the angles in degrees about the RAS X, Y and Z axes of
+        :func:`cxrdecomp.simulate.render.rotation_matrix`, ``flip_lr``, the nodules).
     """
     n_nod = int(rng.integers(cfg.nodules[0], cfg.nodules[1] + 1))
     nodules = (
@@ -207,10 +186,12 @@ def render_sample(case: LungCase, rng: np.random.Generator, cfg: LungSimConfig, 
         m = torch.from_numpy(m & case.lung[sl]).to(device)
         mu[sl][m] = cfg.mu_water * (1.0 + n.hu / 1000.0)
         nod[sl][m] = 1.0
-    az = math.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
-    ax, ay = (math.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg) / 3) for _ in range(2))
+    # degrees about the RAS Z (cranio-caudal) axis, then a third of the range about X and Y
+    az = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)
+    ax, ay = (rng.uniform(-cfg.rotation_deg, cfg.rotation_deg) / 3 for _ in range(2))
     flip = bool(rng.random() < cfg.flip_prob)
-    vol = rotate_volume(torch.stack([mu, lung, nod]), case.spacing, _rotation_matrix(ax, ay, az), flip)
+    rot = torch.from_numpy(rotation_matrix(ax, ay, az))
+    vol = rotate_volume(torch.stack([mu, lung, nod]), case.spacing, rot, flip)
     mu_r, lung_r, nod_r = vol[0], vol[1], vol[2]
     sy = case.spacing[1]
     proj = torch.stack(
@@ -223,17 +204,18 @@ def render_sample(case: LungCase, rng: np.random.Generator, cfg: LungSimConfig, 
     )
     proj = square_view(proj, (case.spacing[2], case.spacing[0]), cfg.size).cpu()
     drr_li, lung_li = proj[0].clamp_min(0), proj[1].clamp_min(0)
+    li = drr_li[None, None]
     return {
         "drr_li": drr_li,
         "lung_li": lung_li,
-        "drr": drr_display(drr_li),
+        "drr": to_display(li, *display_window(li))[0, 0].clamp(0, 1),
         "lung": (lung_li / cfg.lung_scale).clamp(0, 1),
         "lung_mask": (proj[2] >= 1.0).float(),
         "nodule_mask": (proj[3] >= 1.0).float(),
         "meta": {
             "case": case.name,
             "mask_source": case.mask_source,
-            "rotation_deg": [math.degrees(a) for a in (ax, ay, az)],
+            "rotation_deg": [float(a) for a in (ax, ay, az)],
             "flip_lr": flip,
             "nodules": [
                 {"center_voxel": list(n.center), "semi_axes_mm": list(n.semi_axes_mm), "hu": n.hu, "diameter_mm": n.diameter_mm}
@@ -255,6 +237,7 @@ def _save_png(path: Path, img: torch.Tensor, bits: int) -> None:
 
 
 def sample_complete(out: Path, name: str) -> bool:
+    """Whether sample ``name`` of folder ``out`` has all its PNGs and its ``meta`` JSON."""
     return (out / "meta" / f"{name}.json").is_file() and all((out / f / f"{name}.png").is_file() for f in FOLDERS)
 
 
@@ -343,40 +326,3 @@ def simulate(
         for f in pending:
             f.result()
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# reading simulated samples back
-# ----------------------------------------------------------------------------------------------
-class LungSimDataset(torch.utils.data.Dataset):
-    """Simulated lung samples of a folder written by :func:`simulate`, held in memory.
-
-    Items: ``{"input", "lung", "lung_mask", "nodule_mask"}`` tensors ``(1, S, S)`` float32 in
-    ``[0, 1]`` (``input`` = DRR after HE + CLAHE, display domain; ``lung`` = lung X-ray, display
-    domain), and ``"name"``. Images are resized to ``size`` when given.
-
-    Raises:
-        DataNotFoundError: no complete sample in ``root``.
-    """
-
-    def __init__(self, root: str | os.PathLike, size: int | None = None):
-        from cxrdecomp.data.pairs import read_gray01
-
-        root = Path(root)
-        names = sorted(p.stem for p in (root / "meta").glob("*.json")) if (root / "meta").is_dir() else []
-        names = [nm for nm in names if sample_complete(root, nm)]
-        if not names:
-            raise DataNotFoundError(f"no simulated lung samples in {root}: run `cxrdecomp simulate-lung -o {root}` first")
-        self.names = names
-        self.data = {
-            k: torch.from_numpy(np.stack([read_gray01(root / k / f"{nm}.png", size) for nm in names]))[:, None]
-            for k in ("input", "lung", "lung_mask", "nodule_mask")
-        }
-        for k in ("lung_mask", "nodule_mask"):
-            self.data[k] = (self.data[k] > 0.5).float()
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int) -> dict:
-        return {**{k: v[i] for k, v in self.data.items()}, "name": self.names[i]}

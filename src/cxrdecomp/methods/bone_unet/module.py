@@ -13,13 +13,20 @@ width (base 32, depth 4, 7.8 M parameters) is 15.6 MB instead of 31 MB.
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 
 from cxrdecomp import metrics
 from cxrdecomp.data.loaders import make_loader
 from cxrdecomp.methods.bone_unet.network import build
 from cxrdecomp.methods.bone_unet.options import Options
-from cxrdecomp.methods.bone_unet.predict import BONE_SCALE, bone_to_target, image_std, normalize, output_to_bone
+from cxrdecomp.methods.bone_unet.predict import (
+    BONE_SCALE,
+    bone_to_target,
+    image_std,
+    normalize,
+    output_to_bone,
+)
 from cxrdecomp.train import MethodModule, fit
 
 

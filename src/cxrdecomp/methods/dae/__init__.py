@@ -1,0 +1,1 @@
+"""Disentanglement autoencoder (DAE) for bone suppression and its AE baselines: ``network``, ``predict``, ``options``, ``module`` (+ ``losses``, ``data``)."""

@@ -1,0 +1,63 @@
+"""The bundled checkpoints load by name and score what their model cards and docs/results.md say.
+
+bse-jsrt/val at the truth's resolution (1024²), display domain (docs/results.md, README "How good are the
+bundled models?"): BSR bone 0.108, dae 0.372, bsdiff 0.697 (DDIM 20 steps); identity 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrdecomp import methods
+from cxrdecomp.data.pairs import default_bse_jsrt
+from cxrdecomp.decomposer import Decomposer
+
+VAL = default_bse_jsrt() / "val"
+CARD_BSR = {"bone": 0.108, "dae": 0.372, "bsdiff": 0.697}
+
+needs_pairs = pytest.mark.skipif(not (VAL / "cxr").is_dir(), reason=f"real pairs not found at {VAL} (../shared/data/bse-jsrt)")
+
+
+@pytest.mark.parametrize("name", sorted(s.bundled for s in methods.METHODS.values() if s.bundled))
+def test_bundled_checkpoint_loads_by_name(name):
+    dec = Decomposer.from_pretrained(name, device="cpu")
+    assert methods.get(dec.method).bundled == name
+    out = dec(torch.full((64, 64), 0.5) + 0.1 * torch.rand(64, 64))
+    assert out.enhanced is not None and out.enhanced.shape == (64, 64)
+
+
+@pytest.mark.data
+@needs_pairs
+@pytest.mark.parametrize("name", [pytest.param("bone"), pytest.param("dae"), pytest.param("bsdiff", marks=pytest.mark.slow)])
+def test_bundled_bsr_on_bse_jsrt_val_matches_the_card(name, tmp_path):
+    from cxrdecomp.evaluate import evaluate_pairs
+
+    torch.set_num_threads(2)
+    s = evaluate_pairs(VAL, tmp_path, method=name, device="cpu", progress=False)
+    assert s["n_images"] == 12
+    bsr = s["results"][name]["bsr"]["mean"]
+    assert bsr == pytest.approx(CARD_BSR[name], abs=0.01)
+    assert s["results"]["identity"]["bsr"]["mean"] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.data
+def test_default_model_decomposes_rg1_unci(tmp_path):
+    """``Decomposer.from_pretrained()`` (the default method) on the real PA chest CR at its full resolution:
+    outputs keep the 1955×1841 size, soft tissue + bone = input exactly, and the model changes the image."""
+    from cxrdecomp.io import examples
+    from cxrdecomp.io.radiograph import read_radiograph
+
+    path = examples.cache_dir() / "RG1_UNCI.dcm"
+    if not path.is_file():
+        pytest.skip("example RG1_UNCI.dcm not cached; run `cxrdecomp data fetch` first")
+    img = read_radiograph(path).image
+    dec = Decomposer.from_pretrained(device="cpu")
+    assert dec.method == methods.get(methods.DEFAULT).name
+    out = dec(path)
+    assert out.bone.shape == tuple(img.shape) == (1955, 1841)
+    assert torch.allclose(out.soft_tissue + out.bone, torch.as_tensor(np.asarray(img)), atol=1e-5)
+    assert float(out.bone.abs().mean()) > 1e-3
