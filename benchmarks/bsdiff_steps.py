@@ -1,4 +1,4 @@
-"""BS-Diff quality and time against the number of sampling steps (issue 7), in one run.
+"""BS-Diff quality and time against the number of sampling steps, in one run.
 
 For each sampler configuration (default: DDPM 1000 steps — the paper's — and DDIM 50/20/10 steps) the
 12 bse-jsrt validation radiographs are sampled in ONE batch with the same seed, with and without the
@@ -6,7 +6,8 @@ stage-2 enhancer (the paper's Table 2 ablation). Reported, in the display domain
 
 * at model size (256²) and at 1024² — the full-resolution output is made as the Decomposer makes it:
   ``soft = I − upsample(I_small − soft_small)`` (DESIGN.md "Full resolution");
-* PSNR (dB), SSIM, BSR = 1 − Σ(Ŝ−S)²/Σ(I−S)², with the identity baseline (output = input) beside them;
+* PSNR (dB), SSIM, BSR = 1 − Σ(Ŝ−S)²/Σ(I−S)² (:func:`cxrdecomp.metrics.suppression_metrics`), with the
+  identity baseline (output = input) beside them;
 * seconds per image of the sampler (CUDA-synchronised), speed-up and ΔPSNR against DDPM-1000 measured
   in the same run.
 
@@ -48,15 +49,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the table (Markdown) and a .json beside it")
     a = ap.parse_args(argv)
 
-    from cxrdecomp import checkpoint
+    from cxrdecomp import methods
     from cxrdecomp.data.pairs import PairedImages, default_bse_jsrt
     from cxrdecomp.io.atomic import atomic_path
-    from cxrdecomp.methods.bsdiff.network import image_metrics
+    from cxrdecomp.methods.bsdiff.predict import condition
+    from cxrdecomp.metrics import suppression_metrics
 
     if a.device is None and not torch.cuda.is_available():
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = checkpoint.load(a.checkpoint)
+    model, cfg = methods.load(a.checkpoint)
     model = model.float().to(dev).eval()
     S = int(cfg["input_size"])
     inf = cfg.get("inference", {})
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     I_full, S_full = ds.cxr[:n].to(dev), ds.soft[:n].to(dev)
     I_small = F.interpolate(I_full, size=(S, S), mode="area")
     S_small = F.interpolate(S_full, size=(S, S), mode="area")
-    cond = model.condition(I_small, use_clahe=bool(inf.get("clahe", True)))
+    cond = condition(model, I_small, use_clahe=bool(inf.get("clahe", True)))
     has_enh = bool(inf.get("enhance", False))
     amp = not a.no_amp
 
@@ -75,8 +77,8 @@ def main(argv=None) -> int:
         return I_full - bone
 
     def metrics(soft_small):
-        ms = image_metrics(soft_small, S_small, I_small)
-        mf = image_metrics(full_res(soft_small), S_full, I_full)
+        ms = suppression_metrics(soft_small, S_small, I_small)
+        mf = suppression_metrics(full_res(soft_small), S_full, I_full)
         return {**{f"{k}_small": float(v.mean()) for k, v in ms.items()}, **{f"{k}_full": float(v.mean()) for k, v in mf.items()}}
 
     rows = [{"config": "identity (input)", "sampler": "-", "steps": 0, "enhancer": False, "s_per_image": 0.0, **metrics(I_small)}]

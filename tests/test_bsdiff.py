@@ -330,7 +330,7 @@ def test_train_both_stages_and_resume(tmp_path, capfd, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# Regression tests for "stage-1 sampling returns pure noise" (issue 7): an ORACLE noise predictor
+# Regression tests for "stage-1 sampling returns pure noise": an ORACLE noise predictor
 # must make every sampler return the known x0 exactly. The oracle reads x_t from input channel 0 and
 # the clean target from input channel 1 (the conditioning channel), so a swapped concat order, a
 # scheduler built with another β schedule than training, or wrong DDIM timestep spacing all fail here.
@@ -452,3 +452,19 @@ def test_untrained_residual_enhancer_is_the_identity():
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     assert torch.equal(Enhancer((8, 8), 2, 1, 8, residual=True)(x), x)
     assert not torch.allclose(Enhancer((8, 8), 2, 1, 8, residual=False)(x), x)
+
+
+def test_cli_train_bsdiff_maps_its_flags_to_options(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cxrdecomp.cli import app
+    from cxrdecomp.methods.bsdiff import module
+
+    seen = {}
+    monkeypatch.setattr(module, "train", lambda o: seen.setdefault("o", o) and tmp_path / "model")
+    r = CliRunner().invoke(app, ["train", "bsdiff", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "--stage", "2", "--stage1",
+                                 str(tmp_path / "s1"), "--channels", "16,32", "--attention-levels", "0,1", "--no-clahe", "--gen-steps", "5"])
+    assert r.exit_code == 0, r.output
+    o = seen["o"]
+    assert isinstance(o, Options) and (o.stage, o.stage1, o.out, o.gen_steps, o.clahe) == (2, tmp_path / "s1", tmp_path / "run", 5, False)
+    assert module.model_overrides(o) == {"channels": [16, 32], "attention_levels": [False, True]}

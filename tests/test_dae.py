@@ -449,3 +449,24 @@ def test_smoke_training_run_on_bse_jsrt(tmp_path):
     assert dec.config["training"]["variant"] == "dae-msssim"
     assert "val/bsr" in dec.config["metrics"]
     assert (tmp_path / "run" / "last.ckpt").is_file()
+
+
+def test_train_through_cli(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxrdecomp.cli import app
+
+    _write_pairs(tmp_path / "pairs")
+    args = ["train", "dae", "--data", str(tmp_path / "pairs"), "-o", str(tmp_path / "run"), "--variant", "ae",
+            "--size", "64", "--epochs", "1", "--batch-size", "2", "--base", "4", "--no-residual", "--no-augment",
+            "--accelerator", "cpu", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert cfg["method"] == "ae" and cfg["input_size"] == 64
+    assert cfg["model"] == {"base": 4, "kernel": 3, "residual": False, "norm": False}
+    assert cfg["training"]["options"]["augment"] is False
+    r = CliRunner().invoke(app, [*args[:2], "--data", str(tmp_path / "pairs"), "--size", "30"])
+    assert isinstance(r.exception, ConfigError) and "--size must be divisible by 4, got 30" in str(r.exception)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from cxrdecomp import checkpoint, evaluate as ev
+from cxrdecomp.evaluate.scoring import TILE
 from cxrdecomp.errors import ConfigError, DataNotFoundError
 from cxrdecomp.methods.bone_unet.network import build as build_bone_unet
 
@@ -88,7 +89,7 @@ def test_method_path_with_tiny_checkpoint(pairs, tiny_ckpt, tmp_path):
     assert any("161" in n for n in s["notes"])
     assert json.loads((out / "summary.json").read_text())["n_images"] == 3
     grid = Image.open(out / "grid.png")
-    assert grid.width == 4 * ev.TILE and grid.height > 3 * ev.TILE
+    assert grid.width == 4 * TILE and grid.height > 3 * TILE
     assert sorted(p.name for p in (out / "pred").iterdir()) == ["JPC1.png", "JPC2.png", "JPC3.png"]
 
 
@@ -128,15 +129,15 @@ def test_missing_predictions_and_masks(pairs, tmp_path):
 
 def test_errors(pairs, tmp_path):
     root, _ = pairs
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="nothing to evaluate: give --method"):
         ev.evaluate_pairs(root, tmp_path / "o", progress=False)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown method 'no-such-method'; choose one of"):
         ev.evaluate_pairs(root, tmp_path / "o", method="no-such-method", progress=False)
-    with pytest.raises(DataNotFoundError):
+    with pytest.raises(DataNotFoundError, match="must hold cxr/ and soft/"):
         ev.evaluate_pairs(tmp_path / "nothing", tmp_path / "o", pred_dir=tmp_path, progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataNotFoundError):
+    with pytest.raises(DataNotFoundError, match="prediction"):
         ev.evaluate_pairs(root, tmp_path / "o", pred_dir=empty, progress=False)
 
 

@@ -1,5 +1,5 @@
-"""Lung-structure method (issue 5): CT lung masks, lung X-ray, nodules, LIDC selection, preprocessing,
-training smoke runs and end-to-end enhancement of a real radiograph."""
+"""Lung-structure method: CT lung masks, lung X-ray, nodules, simulated views, LIDC selection, preprocessing,
+losses, training smoke runs of both stages and end-to-end enhancement of a real radiograph."""
 
 from __future__ import annotations
 
@@ -325,11 +325,16 @@ def _read_rg1():
 
 
 def test_train_rejects_bad_stage_and_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrdecomp.cli import app
     from cxrdecomp.methods.lung.module import train
     from cxrdecomp.methods.lung.options import Options
 
     with pytest.raises(ConfigError, match="unknown lung training stage 'segment'"):
         train(Options(data=tmp_path, stage="segment"))
+    r = CliRunner().invoke(app, ["train", "lung", "--stage", "both", "--data", str(tmp_path)])
+    assert isinstance(r.exception, ConfigError) and "unknown lung training stage 'both'" in str(r.exception)
     with pytest.raises(ConfigError, match="--seg-checkpoint belongs to --stage extract"):
         train(Options(data=tmp_path, stage="seg", seg_checkpoint=tmp_path))
     with pytest.raises(ConfigError, match="give --data"):
@@ -348,9 +353,11 @@ def test_options_defaults_follow_the_paper():
     assert str(o.out) == "runs/lung" and o.seg_checkpoint is None
 
 
-@pytest.mark.slow
 def test_training_smoke_and_end_to_end_on_real_radiograph(tmp_path):
+    from typer.testing import CliRunner
+
     from cxrdecomp import methods
+    from cxrdecomp.cli import app
     from cxrdecomp.decomposer import Decomposer
     from cxrdecomp.methods.lung.module import train
     from cxrdecomp.methods.lung.network import LungNet
@@ -360,9 +367,15 @@ def test_training_smoke_and_end_to_end_on_real_radiograph(tmp_path):
     cfg = G.LungSimConfig(size=32, nodule_diameter_mm=(10, 16))
     G.simulate(tmp_path / "data" / "train", 4, [case], cfg, seed=0, progress=False)
     G.simulate(tmp_path / "data" / "val", 2, [case], cfg, seed=1, progress=False)
-    common = dict(data=tmp_path / "data", size=32, base=4, depth=2, batch_size=2, max_steps=2, accelerator="cpu", num_workers=0, progress=False)
-    seg = train(Options(stage="seg", out=tmp_path / "seg", **common))
-    assert seg == tmp_path / "seg" / "model" and (seg / "model.safetensors").is_file()
+    common = {"data": tmp_path / "data", "size": 32, "base": 4, "depth": 2, "batch_size": 2, "max_steps": 2, "accelerator": "cpu",
+              "num_workers": 0, "progress": False}
+    # stage seg through the command line (generated from Options)
+    args = ["train", "lung", "--stage", "seg", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "seg"), "--size", "32", "--base", "4",
+            "--depth", "2", "--batch-size", "2", "--max-steps", "2", "--accelerator", "cpu", "--num-workers", "0", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    seg = tmp_path / "seg" / "model"
+    assert (seg / "model.safetensors").is_file()
     seg_metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
     assert {"val/dice", "val/dice_at_0.5", "val/loss"} <= set(seg_metrics)
     net_seg, cfg_seg = methods.load(seg)

@@ -160,9 +160,12 @@ def test_spooled_leftovers_processed_at_start(tiny, tmp_path):
     assert (tmp_path / "out" / ds.StudyInstanceUID / "1.2.3" / "bone.dcm").is_file()
 
 
-@pytest.mark.parametrize("spec", ["host:104", "host:x:AET", "host:0:AET", "h:104:" + "A" * 17, "::"])
-def test_bad_forward_spec(spec):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("spec, message", [
+    ("host:104", "expected HOST:PORT:AET"), ("host:x:AET", "port 'x' is not a number"), ("host:0:AET", "port '0' is not a number from 1 to 65535"),
+    ("h:104:" + "A" * 17, "is longer than 16 characters"), ("::", "expected HOST:PORT:AET"),
+])
+def test_bad_forward_spec(spec, message):
+    with pytest.raises(ConfigError, match=message):
         Destination.parse(spec)
 
 

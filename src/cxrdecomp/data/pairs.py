@@ -30,8 +30,9 @@ def default_bse_jsrt() -> Path:
     return Path("../shared/data/bse-jsrt")
 
 
-def list_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Sorted ``(cxr_path, soft_path)`` pairs of ``root``.
+def list_pairs(root: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[tuple[Path, Path]]:
+    """Sorted ``(cxr_path, soft_path)`` pairs of ``root``: files of ``cxr/`` and ``soft/`` with the same name
+    without suffix (hidden files ignored).
 
     Raises:
         DataNotFoundError: no ``cxr/`` or ``soft/`` folder, or no file names in common.
@@ -39,9 +40,13 @@ def list_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     root = Path(root)
     cxr, soft = root / "cxr", root / "soft"
     if not cxr.is_dir() or not soft.is_dir():
-        raise DataNotFoundError(f"{root} must hold cxr/ and soft/ folders with matching file names")
-    soft_by_stem = {p.stem: p for p in soft.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs = [(p, soft_by_stem[p.stem]) for p in sorted(cxr.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in soft_by_stem]
+        raise DataNotFoundError(f"{root} must hold cxr/ and soft/ folders with matching file names (the bse-jsrt layout)")
+
+    def files(folder: Path) -> list[Path]:
+        return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes and not p.name.startswith(".")]
+
+    soft_by_stem = {p.stem: p for p in files(soft)}
+    pairs = [(p, soft_by_stem[p.stem]) for p in files(cxr) if p.stem in soft_by_stem]
     if not pairs:
         raise DataNotFoundError(f"no pairs in {root}: cxr/ and soft/ share no file names")
     return pairs

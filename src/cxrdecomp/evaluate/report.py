@@ -107,10 +107,10 @@ def write_results_page(path: str | os.PathLike = "docs/results.md", *, pairs: st
     methods = ckpt.available_pretrained()
     for name in methods:
         try:
-            s = evaluate_pairs(pairs, work / name, method=name, device=device, progress=False)
+            s = evaluate_pairs(pairs, work / name, method=name, checkpoint=name, device=device, progress=False)
             real_rows.append((f"{name} (`{s.get('method')}`, {s.get('input_size')}²)", s["results"][name]))
             if simulated is not None:
-                t = evaluate_simulated(simulated, work / f"{name}-simulated", method=name, device=device, progress=False)
+                t = evaluate_simulated(simulated, work / f"{name}-simulated", method=name, checkpoint=name, device=device, progress=False)
                 if not sim_rows:
                     sim_rows.append(("identity (input unchanged)", t["results"][IDENTITY]))
                 sim_rows.append((name, t["results"][name]))

@@ -11,9 +11,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from cxrdecomp.data.pairs import list_pairs
 from cxrdecomp.data.simulated import split_names
 from cxrdecomp.errors import ConfigError, DataNotFoundError, InputError
 from cxrdecomp.evaluate.scoring import (
+    IMAGE_SUFFIXES,
     Sample,
     _by_stem,
     read_image01,
@@ -31,12 +33,9 @@ def iter_pairs(pairs_dir: str | os.PathLike, pred_dir: str | os.PathLike | None 
         DataNotFoundError: missing folders, no common names, no predictions at all.
     """
     root = Path(pairs_dir)
-    if not (root / "cxr").is_dir() or not (root / "soft").is_dir():
-        raise DataNotFoundError(f"{root} must hold cxr/ and soft/ folders with matching file names (the bse-jsrt layout)")
-    cxr, soft = _by_stem(root / "cxr"), _by_stem(root / "soft")
-    names = [n for n in cxr if n in soft]
-    if not names:
-        raise DataNotFoundError(f"no pairs in {root}: cxr/ and soft/ share no file names")
+    pairs = list_pairs(root, suffixes=IMAGE_SUFFIXES)
+    cxr, soft = {c.stem: c for c, _ in pairs}, {c.stem: s for c, s in pairs}
+    names = list(cxr)
     notes = []
     preds = masks = None
     if pred_dir is not None:

@@ -178,7 +178,7 @@ def lung_mask_threshold(
         sl = mask[:, :, z]
         if not sl.any():
             continue
-        lab2, n2 = ndimage.label(sl)
+        lab2, _ = ndimage.label(sl)
         areas = np.bincount(lab2.ravel())[1:] * px_cm2
         sl = np.isin(lab2, np.nonzero(areas >= min_area_cm2)[0] + 1)
         mask[:, :, z] = ndimage.binary_fill_holes(sl)

@@ -130,7 +130,7 @@ def rotate_volume(vol: torch.Tensor, spacing: Sequence[float], rot: torch.Tensor
 
     ``rot`` is a 3×3 rotation in physical (mm) RAS coordinates; ``flip_x`` mirrors left–right.
     """
-    c, nx, ny, nz = vol.shape
+    _, nx, ny, nz = vol.shape
     ext = torch.tensor([nx * spacing[0], ny * spacing[1], nz * spacing[2]], dtype=torch.float64)
     # grid_sample coords: normalised [-1, 1] per axis; physical p = n * ext/2. Output n_out -> input n_in:
     # n_in = D^-1 R^T D n_out with D = diag(ext/2).

@@ -25,13 +25,12 @@ SIM_MODES = ("mix", "pretrain")
 
 @dataclass
 class Options(TrainOptions):
-    """Adam (lr 1e-3, cosine-annealed to 1 %), batch 8, 512², loss ``MS-SSIM + λ_m·MSE + λ_s·BCE`` (Eq. 1–7).
+    """Adam (lr 1e-3, cosine-annealed to 1 %), batch 8, 512², loss MS-SSIM + λ_m·MSE + λ_s·BCE (Eq. 1–7).
 
-    ``data`` holds ``train/`` and ``val/`` folders of ``cxr/`` + ``soft/`` pairs (BSE-JSRT layout;
-    ``None``: :func:`cxrdecomp.data.pairs.default_bse_jsrt`). ``sim_data`` is an optional folder of
-    simulated pairs (:func:`cxrdecomp.methods.dae.data.simulated_pairs`), mixed into the training set
-    (``sim_mode="mix"``) or used to pre-train for ``sim_epochs`` epochs first (``"pretrain"``, run folder
-    ``OUT/pretrain``). The weights of the best validation BSR are exported.
+    --data holds train/ and val/ folders of cxr/ + soft/ pairs (BSE-JSRT layout). --sim-data adds simulated
+    pairs (cxr/ + soft/ images, `cxrdecomp simulate` output, or *.npz / *.pt files), mixed into the
+    training set (--sim-mode mix) or used to pre-train for --sim-epochs epochs first (--sim-mode pretrain,
+    run folder OUT/pretrain). The weights of the best validation BSR are exported to OUT/model.
     """
 
     data: Optional[Path] = option(None, "Folder with train/ and val/ pairs (cxr/ + soft/); default ../shared/data/bse-jsrt.")

@@ -235,7 +235,7 @@ def train(o: Options) -> Path:
     torch.manual_seed(int(o.seed))
     root, size = Path(o.data), int(o.size)
     train_ds, val_ds = LungSimDataset(root / "train", size), LungSimDataset(root / "val", size)
-    common = dict(size=size, base=o.base, depth=o.depth, dilate_from=o.dilate_from, noise_std=o.noise_std, lr=o.lr, dtype=o.dtype)
+    common = {"size": size, "base": o.base, "depth": o.depth, "dilate_from": o.dilate_from, "noise_std": o.noise_std, "lr": o.lr, "dtype": o.dtype}
     if o.stage == "seg":
         module: LungModule = LungSegModule(**common)
     else:

@@ -13,10 +13,11 @@ STAGES = ("seg", "extract")
 
 @dataclass
 class Options(TrainOptions):
-    """Adam (lr 1e-4), batch 8; ``stage`` picks the network: ``seg`` (weighted BCE) or ``extract`` (Eq. 5).
+    """Adam (lr 1e-4), batch 8; the stage picks the network: seg (weighted BCE) or extract (Eq. 5 loss).
 
-    Train ``--stage seg`` first, then ``--stage extract --seg-checkpoint SEG/model``: the exported
-    extraction checkpoint then holds both trained networks (the usable ``lung`` model).
+    Train --stage seg first, then --stage extract --seg-checkpoint SEG/model: the exported extraction
+    checkpoint then holds both trained networks (the usable lung model). Rerunning a finished extract
+    run with --seg-checkpoint re-exports it with the segmentation network bundled.
     """
 
     data: Optional[Path] = option(None, "Folder written by `cxrdecomp simulate-lung` (train/ and val/).")
