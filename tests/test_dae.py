@@ -79,7 +79,7 @@ def test_inference_imports_no_lightning():
     code = ("import sys, torch; from cxrdecomp.methods import load, predictor; m, cfg = load('dae'); "
             "out = predictor(cfg['method'])(m, torch.rand(1, 1, 64, 64), {}); "
             "assert set(out) == {'soft_tissue'}; print(sorted(k for k in sys.modules if k.startswith('lightning')))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 

@@ -1,8 +1,9 @@
 """Figure of the lung-structure method on the real example radiograph (for docs/lung.md).
 
-Usage (from the repository root, after training)::
+Usage (from the repository root; the default is the bundled checkpoint ``lung``, or give the folder
+exported by ``cxrdecomp train lung --stage extract --seg-checkpoint runs/seg/model ... -o runs/ext``)::
 
-    PYTHONPATH=src python docs/scripts/lung_figure.py runs/lung/model docs/img/lung_rg1.png
+    PYTHONPATH=src python docs/scripts/lung_figure.py runs/ext/model docs/img/lung_rg1.png
 
 Panels: input (RG1_UNCI.dcm, display domain), lung probability, lung X-ray, enhanced w = 1, w = 2.
 """

@@ -6,7 +6,8 @@ real radiograph / soft-tissue pairs. Research use only, not for diagnosis.
 Two-line use::
 
     from cxrdecomp import Decomposer
-    result = Decomposer.from_pretrained("bone")(image)   # result.bone, result.soft_tissue, result.enhanced
+    result = Decomposer.from_pretrained()(image)   # the default model; or from_pretrained("dae"), a folder ...
+    result.bone, result.soft_tissue, result.enhanced
 """
 
 from cxrdecomp.errors import CxrdecompError
@@ -17,7 +18,7 @@ __all__ = ["CxrdecompError", "Decomposer", "Decomposition", "__version__"]
 
 def __getattr__(name: str):  # lazy: importing the package must not import torch
     if name in ("Decomposer", "Decomposition"):
-        from cxrdecomp import infer
+        from cxrdecomp import decomposer
 
-        return getattr(infer, name)
+        return getattr(decomposer, name)
     raise AttributeError(name)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from cxrdecomp.errors import CxrdecompError, InputError
-from cxrdecomp.io.atomic import atomic_path
+from cxrdecomp.io.atomic import atomic_folder, atomic_path
 from cxrdecomp.io.radiograph import RADIOGRAPH_SUFFIXES, Radiograph, RadiographWarning, is_dicom_file, read_radiograph
 
 CASE_FILE = "decomposition.json"
@@ -141,12 +140,7 @@ def write_case(
     from cxrdecomp.io.dicom_out import DerivedStudy
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_folder(folder) as tmp:
         outs = dec.images()
         files: dict[str, str] = {}
         pixels: dict[str, object] = {}  # uint16 display pixels, shared by the PNG and the DICOM
@@ -198,16 +192,6 @@ def write_case(
         }
         with atomic_path(tmp / CASE_FILE) as t:
             Path(t).write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

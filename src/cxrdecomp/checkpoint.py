@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from cxrdecomp.errors import CheckpointError
+from cxrdecomp.io.atomic import atomic_folder
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 WEIGHTS = "model.safetensors"
@@ -109,22 +108,9 @@ def save(folder: str | os.PathLike, model, config: dict[str, Any], card: str) ->
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; a checkpoint is meant to be shared
-    try:
+    with atomic_folder(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS))
         (tmp / WEIGHTS).chmod(0o644)  # readable by the other users of a shared checkpoint
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / CARD).write_text(card)
-        old = None
-        if folder.exists():  # move the old folder aside first: a crash in between leaves one of the two whole
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder

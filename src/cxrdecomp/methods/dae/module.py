@@ -24,7 +24,12 @@ from cxrdecomp.data.loaders import make_loader
 from cxrdecomp.errors import ConfigError, DataNotFoundError
 from cxrdecomp.methods.dae.losses import bone_mask, dae_loss
 from cxrdecomp.methods.dae.network import BoneSegBranch, build
-from cxrdecomp.methods.dae.options import DEFAULT_MASK_THRESHOLD, SIM_MODES, VARIANTS, Options
+from cxrdecomp.methods.dae.options import (
+    DEFAULT_MASK_THRESHOLD,
+    SIM_MODES,
+    VARIANTS,
+    Options,
+)
 from cxrdecomp.metrics import suppression_metrics
 from cxrdecomp.train import MethodModule, fit
 from cxrdecomp.train.schedules import warmup_cosine
