@@ -109,8 +109,8 @@ def main(argv=None) -> int:
 
     base = {r["enhancer"]: r for r in rows[1:] if r["config"].startswith(rows[1]["config"])}
     lines = [
-        f"BS-Diff quality vs sampling steps — {n} pairs of {root}, checkpoint {a.checkpoint}, device {dev}"
-        f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}, bf16={amp and dev.type == 'cuda'}, seed {a.seed}",
+        (f"BS-Diff quality vs sampling steps — {n} pairs of {root}, checkpoint {a.checkpoint}, device {dev}"
+         f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}, bf16={amp and dev.type == 'cuda'}, seed {a.seed}"),
         "",
         f"| sampler | s/image | speed-up | PSNR {a.full_size}² | ΔPSNR | SSIM {a.full_size}² | BSR {a.full_size}² | PSNR {S}² | SSIM {S}² | BSR {S}² |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -87,7 +87,7 @@ def worker(folder: str, device: str, size: int, batch: int, reps: int, threads: 
     import torch
 
     torch.set_num_threads(threads)
-    import cxrdecomp.decomposer as infer
+    from cxrdecomp import decomposer
 
     rss0 = _rss_mb()
     cuda = device == "cuda"
@@ -100,10 +100,10 @@ def worker(folder: str, device: str, size: int, batch: int, reps: int, threads: 
     for _ in range(max(1, reps)):
         t = time.perf_counter()
         if folder == "floor":
-            dec = infer.Decomposer(torch.nn.Identity(), {"method": REFERENCE, "input_size": 512}, device=device)
+            dec = decomposer.Decomposer(torch.nn.Identity(), {"method": REFERENCE, "input_size": 512}, device=device)
             dec._predict = lambda model, x, options: {"bone": torch.zeros_like(x)}
         else:
-            dec = infer.Decomposer.from_pretrained(folder, device=device)
+            dec = decomposer.Decomposer.from_pretrained(folder, device=device)
         sync()
         loads.append(time.perf_counter() - t)
     g = torch.Generator().manual_seed(0)

@@ -12,14 +12,19 @@ import torch
 from cxrdecomp import checkpoint, methods
 from cxrdecomp.errors import CheckpointError, ConfigError, InputError
 from cxrdecomp.methods.bsdiff.data import BSDiffPairs
-from cxrdecomp.methods.bsdiff.diffusion import BETA_END, BETA_START, cosine_interpolated_betas, make_scheduler
+from cxrdecomp.methods.bsdiff.diffusion import (
+    BETA_END,
+    BETA_START,
+    cosine_interpolated_betas,
+    make_scheduler,
+)
 from cxrdecomp.methods.bsdiff.network import Enhancer, build
 from cxrdecomp.methods.bsdiff.options import Options
 from cxrdecomp.methods.bsdiff.predict import condition, make_condition, predict
 from cxrdecomp.preprocess import clahe
 from cxrdecomp.train.ema import ema_decay_at, make_ema
 
-TINY = dict(channels=(8, 8, 16, 16, 16), norm_num_groups=8, enhancer_channels=(8, 8), enhancer_latent_channels=2, enhancer_res_blocks=1)
+TINY = {"channels": (8, 8, 16, 16, 16), "norm_num_groups": 8, "enhancer_channels": (8, 8), "enhancer_latent_channels": 2, "enhancer_res_blocks": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -265,7 +270,7 @@ def test_train_rejects_bad_options_before_training(tmp_path):
     with pytest.raises(DataNotFoundError, match="must hold train/ and val/ folders"):
         train(Options(data=tmp_path / "nothing"))
     _write_pairs(tmp_path / "data", n=1, s=32)
-    common = dict(data=tmp_path / "data", size=32, accelerator="cpu", progress=False, num_workers=0)
+    common = {"data": tmp_path / "data", "size": 32, "accelerator": "cpu", "progress": False, "num_workers": 0}
     with pytest.raises(ConfigError, match="size 40 must be divisible by 16"):
         train(Options(**{**common, "size": 40}, **TINY_OPTS))
     with pytest.raises(CheckpointError, match="stage 2 needs a trained stage-1 checkpoint"):
@@ -274,7 +279,7 @@ def test_train_rejects_bad_options_before_training(tmp_path):
         train(Options(**common, stage=2, perceptual_weights=tmp_path / "vgg16.pth"))
 
 
-TINY_OPTS = dict(channels="8,8,16,16,16", attention_levels="0,0,0,1,1", norm_groups=8, enhancer_channels="8,8", res_blocks=1)
+TINY_OPTS = {"channels": "8,8,16,16,16", "attention_levels": "0,0,0,1,1", "norm_groups": 8, "enhancer_channels": "8,8", "res_blocks": 1}
 
 
 @pytest.mark.slow
@@ -284,7 +289,8 @@ def test_train_both_stages_and_resume(tmp_path, capfd, monkeypatch):
 
     _write_pairs(tmp_path / "data")
     # 3 training pairs × 2 repeats, batch 2: 3 batches per epoch
-    common = dict(data=tmp_path / "data", size=64, epochs=1, repeats=2, batch_size=2, num_workers=0, accelerator="cpu", progress=False)
+    common = {"data": tmp_path / "data", "size": 64, "epochs": 1, "repeats": 2, "batch_size": 2, "num_workers": 0, "accelerator": "cpu",
+              "progress": False}
     o1 = Options(**common, **TINY_OPTS, stage=1, out=tmp_path / "run" / "stage1", val_steps=2)
     f1 = module.train(o1)
     assert (tmp_path / "run" / "stage1" / "last.ckpt").is_file()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from cxrdecomp import methods
 from cxrdecomp.errors import InputError
+from cxrdecomp.io.arrays import as_image_batch
 
 
 @dataclass
@@ -59,14 +60,7 @@ class Decomposition:
 
 
 def _as_batch(image) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
-    t = t.to(torch.float32)
-    if t.ndim == 2:
-        t = t[None, None]
-    elif t.ndim == 3:
-        t = t[:, None]
-    if t.ndim != 4 or t.shape[1] != 1:
-        raise InputError(f"expected an (H, W), (B, H, W) or (B, 1, H, W) image, got shape {tuple(t.shape)}")
+    t, _ = as_image_batch(image, "image", torch.float32)
     if min(t.shape[-2:]) < 8:
         raise InputError(f"image of {tuple(t.shape[-2:])} pixels is too small to be a radiograph")
     if not torch.isfinite(t).all():

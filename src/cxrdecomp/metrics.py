@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cxrdecomp.errors import ConfigError, InputError
+from cxrdecomp.io.arrays import as_image_batch
 
 __all__ = [
     "mse",
@@ -59,28 +59,9 @@ MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
 def _to_bchw(x, name: str) -> tuple[torch.Tensor, bool]:
-    """``x`` as a float64 ``(B, 1, H, W)`` tensor and whether it was a single ``(H, W)`` image."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()  # keeps its device
-    else:
-        a = np.asarray(x)
-        if a.dtype == object:
-            raise InputError(f"{name}: cannot read an array of Python objects as an image")
-        a = np.ascontiguousarray(a)
-        t = torch.from_numpy(a if a.flags.writeable else a.copy())
-    if t.dtype == torch.bool:
-        t = t.to(torch.uint8)
-    t = t.to(torch.float64)  # before any subtraction: no uint8 wrap-around
-    single = t.ndim == 2
-    if t.ndim == 2:
-        t = t[None, None]
-    elif t.ndim == 3:
-        t = t[:, None]
-    if t.ndim != 4 or t.shape[1] != 1:
-        raise InputError(f"{name}: expected an (H, W), (B, H, W) or (B, 1, H, W) image, got shape {tuple(t.shape)}")
-    if t.numel() == 0:
-        raise InputError(f"{name}: empty image")
-    return t, single
+    """``x`` as a float64 ``(B, 1, H, W)`` tensor (on its device) and whether it was a single ``(H, W)`` image."""
+    # float64 before any subtraction: no uint8 wrap-around
+    return as_image_batch(x, name, dtype=torch.float64)
 
 
 def _pair(pred, target, *more, names=("pred", "target", "image", "mask")):

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrdecomp.errors import CheckpointError, ConfigError, DataNotFoundError
-from cxrdecomp.metrics import suppression_metrics
 from cxrdecomp.methods.bsdiff.data import BSDiffPairs, load_split
 from cxrdecomp.methods.bsdiff.diffusion import DEFAULT_STEPS
 from cxrdecomp.methods.bsdiff.network import BSDiff, build
 from cxrdecomp.methods.bsdiff.options import Options
 from cxrdecomp.methods.bsdiff.predict import condition
+from cxrdecomp.metrics import suppression_metrics
 from cxrdecomp.nn.losses import ms_ssim_loss
 from cxrdecomp.train import MethodModule, fit
 from cxrdecomp.train.ema import make_ema
@@ -187,8 +187,8 @@ class BSDiffStage2(MethodModule):
         s1 = {k: v for k, v in metrics.items() if "stage1_" in k}
         extra = ["## Stage 2 losses", "", f"- λ: {self.lam}",
                  f"- VGG16 perceptual term: {'on' if self.perceptual is not None else 'OFF (no weights file given)'}",
-                 f"- Stage-1 checkpoint: {self.stage1_info.get('stage1_checkpoint', '')}; "
-                 f"stage-2 inputs made with DDIM-{self.stage1_info.get('gen_steps', '')}",
+                 (f"- Stage-1 checkpoint: {self.stage1_info.get('stage1_checkpoint', '')}; "
+                  f"stage-2 inputs made with DDIM-{self.stage1_info.get('gen_steps', '')}"),
                  "", "## Ablation (paper Table 2): validation without the enhancer", ""]
         extra += [f"- {k.replace('stage1_', '')} without enhancer: {v:.4g}" for k, v in sorted(s1.items())] or ["- (not measured)"]
         extra += ["", "Default: " + ("the enhancer is applied (`enhance: true`): it did not lower validation BSR." if self._enhancer_helps(metrics) else

@@ -21,11 +21,12 @@ Both stages live in one :class:`BSDiff` module (one checkpoint folder). Inside t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from cxrdecomp.errors import ConfigError
 from cxrdecomp.methods.bsdiff.diffusion import (

@@ -185,9 +185,9 @@ class LungExtractModule(LungModule):
         if not self._seg_config:
             return card
         seg_training = self._seg_config.get("training", {})
-        lines = ["## Segmentation network", "", f"- From: `{self.seg_checkpoint}`", f"- Command: `{seg_training.get('command', '')}`",
-                 f"- Steps: {seg_training.get('global_step', '')}", ""]
-        lines += [f"- {k}: {v:.4g}" for k, v in sorted(self._seg_config.get("metrics", {}).items())]
+        lines = ["", "## Segmentation network", "", f"- From: `{self.seg_checkpoint}`", f"- Command: `{seg_training.get('command', '')}`",
+                 f"- Steps: {seg_training.get('global_step', '')}", "", "Its validation metrics:", ""]
+        lines += [f"- {k}: {v:.4g}" for k, v in sorted(self._seg_config.get("metrics", {}).items())] or ["- (none logged)"]
         return card + "\n".join(lines) + "\n"
 
 
