@@ -6,7 +6,6 @@ bundled models?"): BSR bone 0.108, dae 0.372, bsdiff 0.697 (DDIM 20 steps); iden
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

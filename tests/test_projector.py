@@ -1,6 +1,5 @@
 """Projector accuracy and properties: analytic phantoms, cone→parallel limit, gradcheck, FP∘BP, errors."""
 
-import math
 
 import pytest
 import torch

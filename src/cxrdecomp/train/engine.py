@@ -133,20 +133,20 @@ class MethodModule(L.LightningModule):
 def make_trainer(
     out: Path,
     *,
-    max_epochs: int = 10,
-    max_steps: int = -1,
-    accelerator: str = "auto",
     devices: int | str = 1,
     num_nodes: int = 1,
     strategy: str = "auto",
-    precision: str | None = None,
     progress: bool = True,
     val_every: int = 1,
-    limit_val_batches: float | int = 1.0,
     log_every: int = 10,
+    **lightning: Any,
 ) -> L.Trainer:
     """The Lightning ``Trainer`` of every method: checkpoints every epoch (``last.ckpt`` link), CSV and
-    TensorBoard logs under ``out/logs``, DDP when more than one device or node."""
+    TensorBoard logs under ``out/logs``, DDP when more than one device or node.
+
+    ``lightning`` holds further ``lightning.Trainer`` arguments (``max_epochs``, ``max_steps``, ``accelerator``,
+    ``precision``, ``limit_val_batches`` ...).
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -157,21 +157,9 @@ def make_trainer(
     if strategy == "auto" and (devices not in (1, "1") or num_nodes > 1):
         strategy = "ddp"
     return L.Trainer(
-        default_root_dir=out,
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=precision,
-        callbacks=[ckpt],
-        logger=loggers,
-        enable_progress_bar=progress,
-        check_val_every_n_epoch=val_every,
-        limit_val_batches=limit_val_batches,
-        log_every_n_steps=log_every,
-        enable_model_summary=False,
+        default_root_dir=out, devices=devices, num_nodes=num_nodes, strategy=strategy, callbacks=[ckpt], logger=loggers,
+        enable_progress_bar=progress, check_val_every_n_epoch=val_every, log_every_n_steps=log_every,
+        enable_model_summary=False, **lightning,
     )
 
 
