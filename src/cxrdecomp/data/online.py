@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import random
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -191,15 +192,7 @@ class OnlineDRRDataset(Dataset):
         return res
 
 
-try:
-    import lightning as L
-
-    _Base = L.LightningDataModule
-except ImportError:  # pragma: no cover
-    _Base = object  # type: ignore[misc,assignment]
-
-
-class OnlineDRRDataModule(_Base):  # type: ignore[misc,valid-type]
+class OnlineDRRDataModule(L.LightningDataModule):
     """Lightning DataModule over :class:`OnlineDRRDataset` (fresh training views, fixed validation views).
 
     Args:

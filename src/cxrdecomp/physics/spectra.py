@@ -30,10 +30,7 @@ def _raw(kvp: float, al_mm: float, anode_angle: float) -> tuple[np.ndarray, np.n
     if path.exists():
         z = np.load(path)
         return z["k"], z["phi"]
-    try:
-        import spekpy
-    except ImportError as e:  # pragma: no cover
-        raise InputError("spekpy is needed to compute tube spectra: pip install spekpy") from e
+    import spekpy
     s = spekpy.Spek(kvp=float(kvp), th=float(anode_angle))
     if al_mm > 0:
         s.filter("Al", float(al_mm))
