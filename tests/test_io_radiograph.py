@@ -279,6 +279,7 @@ def test_every_bad_input_raises_input_error(tmp_path):
         assert str(path) in str(exc.value), f"{name}: message should name the file: {exc.value}"
 
 
+@pytest.mark.slow
 def test_real_ct_slice_and_ultrasound_refused():
     from pydicom.data import get_testdata_file
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from cxrdecomp.data.loaders import make_loader
 from cxrdecomp.errors import InputError
 from cxrdecomp.physics.materials import LUNG_KEYS, label_ids, material_volume
 from cxrdecomp.projector.conebeam import PreparedVolume, forward_project
@@ -225,7 +226,7 @@ class OnlineDRRDataModule(L.LightningDataModule):
         self.val_set = val
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, num_workers=0)
+        return make_loader(self.train_set, self.batch_size, shuffle=False, drop_last=False, pin_memory=False)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=0)
+        return make_loader(self.val_set, self.batch_size, shuffle=False, pin_memory=False)
