@@ -100,9 +100,6 @@ def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tupl
     ``split`` column, only held-out rows (``split`` as given, else test/val/held_out) are scored;
     records name their sample by ``name``/``id``/``sample``.
 
-    The simulate layout was read from the bone helper's branch (cxrdecomp.simulate.generate); re-check
-    it after the merge.
-
     Raises:
         DataNotFoundError: nothing recognisable in ``sim_dir``.
     """

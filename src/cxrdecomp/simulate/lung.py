@@ -45,16 +45,6 @@ LUNG_THRESHOLD_HU = -500.0
 # ----------------------------------------------------------------------------------------------
 # HU → attenuation
 # ----------------------------------------------------------------------------------------------
-def hu_to_mu(hu: np.ndarray | torch.Tensor, mu_water: float = MU_WATER_CM):
-    """Linear attenuation µ = µ_water·(1 + HU/1000), clipped at 0 (air), in cm⁻¹.
-
-    A single effective energy; the spectral physics module may replace it. Same shape as ``hu``.
-    """
-    if isinstance(hu, torch.Tensor):
-        return (mu_water * (1.0 + hu / 1000.0)).clamp_min(0.0)
-    return np.clip(mu_water * (1.0 + np.asarray(hu, np.float32) / 1000.0), 0.0, None).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------------------------
 # 3D lung masks
 # ----------------------------------------------------------------------------------------------

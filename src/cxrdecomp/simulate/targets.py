@@ -12,7 +12,7 @@ The soft-tissue volume is the complement (non-bone voxels), so that
 ``µ = µ·bone + µ·(1 − bone)`` voxel by voxel and, projected, bone + soft tissue = DRR in the
 attenuation domain (line integrals add).
 
-Reusable pieces for other targets (e.g. the lung helper's ``simulate/lung.py``):
+Reusable pieces for other targets (e.g. the lung views of :mod:`cxrdecomp.simulate.lung_generate`):
 :func:`labels_matching`, :func:`mask_from_labels`, :func:`hu_window_mask`, :func:`hu_to_mu`.
 
 All volumes are ``(X, Y, Z)`` numpy arrays or torch tensors in RAS orientation.
