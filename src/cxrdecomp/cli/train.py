@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -23,7 +24,7 @@ _CLI_TYPES = (bool, int, float, str, Path)
 def _cli_type(tp: Any) -> Any:
     """``X`` or ``Optional[X]`` with X a type the CLI can parse, else ``TypeError``."""
     args = typing.get_args(tp)
-    if typing.get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)) and type(None) in args:
+    if typing.get_origin(tp) in (Union, types.UnionType) and type(None) in args:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1 and inner[0] in _CLI_TYPES:
             return Optional[inner[0]]

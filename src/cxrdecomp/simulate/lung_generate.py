@@ -178,7 +178,7 @@ def render_sample(case: LungCase, rng: np.random.Generator, cfg: LungSimConfig, 
         else []
     )
     if mu is None:
-        mu = torch.from_numpy(hu_to_mu(case.hu, cfg.mu_water).astype(np.float32)).to(device)
+        mu = torch.from_numpy(hu_to_mu(np.asarray(case.hu, dtype=np.float32), cfg.mu_water)).to(device)
     mu = mu.clone()
     lung = case.lung_tensor(mu.device)
     nod = torch.zeros_like(lung)
@@ -318,7 +318,7 @@ def simulate(
         for i in it:
             case = cases[i % len(cases)]
             if case.name not in mus:
-                mus = {case.name: torch.from_numpy(hu_to_mu(case.hu, cfg.mu_water).astype(np.float32)).to(dev)}
+                mus = {case.name: torch.from_numpy(hu_to_mu(np.asarray(case.hu, dtype=np.float32), cfg.mu_water)).to(dev)}
             rng = np.random.default_rng([seed, i])
             s = render_sample(case, rng, cfg, dev, mu=mus[case.name])
             pending.append(pool.submit(write_sample, out, f"{prefix}{i:05d}", s))

@@ -341,12 +341,11 @@ def train(o: Options) -> Path:
 
     if stage == 1:
         model_config = dict(overrides)
-        divisor = build(**model_config).divisor
-        if size % divisor:
-            raise ConfigError(f"size {size} must be divisible by {divisor}")
         use_clahe = bool(o.clahe)
         module: MethodModule = BSDiffStage1(model_config, input_size=size, lr=float(o.lr), ema_decay=float(o.ema), val_steps=int(o.val_steps),
                                             use_clahe=use_clahe)
+        if size % module.net.divisor:
+            raise ConfigError(f"size {size} must be divisible by {module.net.divisor}")
         sources: dict[str, torch.Tensor | None] = {"train": None, "val": None}
     else:
         from cxrdecomp import methods
