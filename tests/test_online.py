@@ -1,10 +1,12 @@
-"""Online DRR rendering dataset/datamodule on a tiny synthetic CT."""
+"""Online realistic rendering: items, seeding by global index (workers, ranks, epochs) and Lightning's epoch hook."""
 
+import lightning as L
 import numpy as np
 import torch
 
-from cxrdecomp.data.online import OnlineDRRDataModule, OnlineDRRDataset
+from cxrdecomp.data.online import EpochSampler, SimulatedSamples, SimulationDataModule
 from cxrdecomp.io.ct import CTVolume
+from cxrdecomp.simulate.pipeline import Simulator
 
 
 def _ct():
@@ -21,33 +23,59 @@ def _ct():
     return CTVolume(hu, (4.0, 4.0, 6.0), np.eye(4), lab, names)
 
 
-def test_online_dataset_samples():
-    ds = OnlineDRRDataset([_ct()], size=32, length=6, device="cpu", des=True, bin_kev=10.0, kvp=(110.0, 120.0))
-    batch = ds.__getitems__([0, 1, 2])
-    assert len(batch) == 3
-    s = batch[0]
+def _dm(**kw):
+    return SimulationDataModule([_ct()], size=24, batch_size=2, train_length=6, val_length=4, anatomy_reuse=2, **kw)
+
+
+def test_items_have_all_targets():
+    sim = Simulator(_ct(), 32, des=True)
+    ds = SimulatedSamples([sim], 4, keys=("image", "soft_tissue", "bone", "lung", "lung_mask", "bone_mask", "des_soft", "des_bone"))
+    s = ds[1]
     for k in ("image", "soft_tissue", "bone", "lung", "lung_mask", "bone_mask", "des_soft", "des_bone"):
         assert s[k].shape == (1, 32, 32) and s[k].dtype == torch.float32, k
     assert 0 <= s["image"].min() and s["image"].max() <= 1
     assert s["lung_mask"].sum() > 20 and s["bone_mask"].sum() > 5
-    assert float(s["bone"][s["bone_mask"] > 0].mean()) > float(s["bone"][s["bone_mask"] == 0].mean())
-    assert abs(s["meta"][0]) <= 18 and abs(s["meta"][1]) <= 18
+    assert torch.allclose(s["image"] - s["bone"], s["soft_tissue"], atol=1e-6)
+    assert int(s["index"]) == 1
 
 
-def test_online_identity_and_determinism():
-    ds = OnlineDRRDataset([_ct()], size=24, length=4, device="cpu", photons=None, seed=7, bin_kev=10.0, kvp=(120.0,))
-    a, b = ds[1], ds[1]
-    assert torch.equal(a["image"], b["image"])  # seeded: same view
-    assert torch.allclose(a["image"], a["soft_tissue"] + a["bone"], atol=1e-5)  # decomposition identity (noise-free)
-    ds.seed = None
-    assert not torch.equal(ds[1]["meta"], ds[1]["meta"])  # fresh random views
+def test_epoch_sampler_disjoint_over_epochs_and_ranks():
+    s = EpochSampler(10)
+    e0 = list(s)
+    s.set_epoch(3)
+    assert e0 == list(range(10)) and list(s) == list(range(30, 40))
+    r0, r1 = list(EpochSampler(10, 0, 2)), list(EpochSampler(10, 1, 2))
+    assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(10)) and len(EpochSampler(10, 1, 2)) == 5
 
 
-def test_datamodule_loader():
-    dm = OnlineDRRDataModule([_ct()], batch_size=2, train_length=4, val_length=2, size=16, device="cpu", bin_kev=10.0, kvp=(120.0,))
-    dm.setup("fit")
-    b = next(iter(dm.train_dataloader()))
-    assert b["image"].shape == (2, 1, 16, 16)
-    v1 = next(iter(dm.val_dataloader()))["image"]
-    v2 = next(iter(dm.val_dataloader()))["image"]
+def test_workers_render_the_same_samples_as_the_main_process():
+    a = _dm(num_workers=0)
+    b = _dm(num_workers=2)
+    a.setup(), b.setup()
+    ba, bb = list(a.train_dataloader()), list(b.train_dataloader())
+    assert [x["index"].tolist() for x in ba] == [x["index"].tolist() for x in bb]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(ba, bb))
+    v1, v2 = next(iter(a.val_dataloader()))["image"], next(iter(a.val_dataloader()))["image"]
     assert torch.equal(v1, v2)
+
+
+class _Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[int, list[int]] = {}
+
+    def training_step(self, batch, i):
+        self.seen.setdefault(self.current_epoch, []).extend(batch["index"].tolist())
+        return (self.w * batch["image"].mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_gives_fresh_samples_every_epoch(tmp_path):
+    dm, m = _dm(), _Recorder()
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False, default_root_dir=tmp_path)
+    trainer.fit(m, datamodule=dm)
+    assert m.seen[0] == list(range(6)) and m.seen[1] == list(range(6, 12))

@@ -133,23 +133,46 @@ def train(o: Options) -> Path:
     from cxrdecomp.data.simulated import RealPairs, SimulatedPairs, split_names
     from cxrdecomp.errors import ConfigError
 
-    if o.data is None:
-        raise ConfigError("give --data: a folder written by `cxrdecomp simulate`")
+    if o.data is None and not o.online:
+        raise ConfigError("give --data (a folder written by `cxrdecomp simulate`) or --online")
+    if o.data is not None and o.online:
+        raise ConfigError("give either --data or --online, not both")
+    if o.online and o.real_pairs:
+        raise ConfigError("--real-pairs with --online is not supported yet; mix real pairs with --data")
     torch.manual_seed(int(o.seed))
-    data, size = Path(o.data), int(o.size)
-    train_names, val_names = split_names(data, o.val_fraction, seed=int(o.seed))
-    train_ds = SimulatedPairs(data, size=size, augment=True, names=train_names, display=o.display)
-    val_ds = SimulatedPairs(data, size=size, augment=False, names=val_names, display=o.display)
-    desc = f"{len(train_ds)} simulated pairs from {data} (validation: {len(val_ds)})"
+    size = int(o.size)
+    extra = {}
+    if o.online:
+        from cxrdecomp.data.online import SimulationDataModule
+
+        cts = None
+        if o.ct is not None:
+            from cxrdecomp.io.ct import read_ct
+
+            cts = [read_ct(o.ct, o.labels, o.label_names)]
+        dm = SimulationDataModule(cts, size=size, batch_size=o.batch_size, num_workers=o.num_workers, train_length=o.epoch_samples,
+                                  val_length=o.val_samples, seed=int(o.seed), keys=("image", "bone"), rename={"image": "x"}, target=o.target)
+        dm.setup("fit")
+        train_ds, desc = dm.train_set, dm.describe()
+        extra["use_distributed_sampler"] = False  # the EpochSampler splits the indices by rank
+    else:
+        data = Path(o.data)
+        train_names, val_names = split_names(data, o.val_fraction, seed=int(o.seed))
+        train_ds = SimulatedPairs(data, size=size, augment=True, names=train_names, display=o.display)
+        val_ds = SimulatedPairs(data, size=size, augment=False, names=val_names, display=o.display)
+        desc = f"{len(train_ds)} simulated pairs from {data} (validation: {len(val_ds)})"
     if o.real_pairs:
         root = Path(o.real_pairs)
         real = RealPairs(root / "train" if (root / "train").is_dir() else root, size=size)
         train_ds = torch.utils.data.ConcatDataset([train_ds, real])
         desc += f" + {len(real)} real pairs from {root}"
-    bone_scale = estimate_bone_scale(train_ds) if str(o.bone_scale) == "auto" else float(o.bone_scale)
+    bone_scale = estimate_bone_scale(train_ds, n=8 if o.online else 32) if str(o.bone_scale) == "auto" else float(o.bone_scale)
     module = BoneUNetModule(size=size, base=o.base, depth=o.depth, dilate_from=o.dilate_from, lr=o.lr, bone_scale=bone_scale,
                             vgg_weights=str(o.vgg_weights) if o.vgg_weights else None, perceptual_weight=o.perceptual_weight,
                             dtype=o.dtype, display=o.display)
-    train_loader = make_loader(train_ds, o.batch_size, shuffle=True, num_workers=o.num_workers, drop_last=False)
-    val_loader = make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers)
-    return fit(module, train_loader, val_loader, o, data_description=desc, limit_val_batches=o.limit_val_batches)
+    if o.online:
+        train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+    else:
+        train_loader = make_loader(train_ds, o.batch_size, shuffle=True, num_workers=o.num_workers, drop_last=False)
+        val_loader = make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers)
+    return fit(module, train_loader, val_loader, o, data_description=desc, limit_val_batches=o.limit_val_batches, **extra)
