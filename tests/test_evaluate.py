@@ -184,15 +184,12 @@ def test_cli_evaluate(pairs, tiny_ckpt, tmp_path, monkeypatch, capsys):
 
 
 def test_simulate_folder_format(tiny_ckpt, tmp_path):
-    """The `cxrdecomp simulate` layout: samples/NAME.npy (3,S,S) [total, bone, soft] line integrals + NAME.json."""
-    rng = np.random.default_rng(6)
+    """The `cxrdecomp simulate` layout: samples/NAME.npz (display-domain image, soft_tissue, masks) + NAME.json."""
+    from _phantoms import chest_phantom
+    from cxrdecomp.simulate.generate import simulate
+
     sim = tmp_path / "simfolder"
-    (sim / "samples").mkdir(parents=True)
-    for k in range(4):
-        soft = 2.0 + rng.random((S, S))
-        bone = 0.5 * (np.sin(np.arange(S) / 3.0)[:, None] > 0.5) * np.ones((1, S))
-        np.save(sim / "samples" / f"ct000_s{k:05d}.npy", np.stack([soft + bone, bone, soft]).astype(np.float32))
-        (sim / "samples" / f"ct000_s{k:05d}.json").write_text(json.dumps({"name": f"ct000_s{k:05d}", "ct_index": 0}))
+    simulate([chest_phantom(24, 4.0)], sim, n_per_ct=4, size=S, progress=False, previews=False)
     s = ev.evaluate_simulated(sim, tmp_path / "out", checkpoint=tiny_ckpt, progress=False)
     assert s["n_images"] == 1  # 10 % validation split of 4 samples
     s = ev.evaluate_simulated(sim, tmp_path / "out2", checkpoint=tiny_ckpt, split="ct:0", progress=False)

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from _phantoms import chest_phantom, water_cylinder
+
 from cxrdecomp.errors import ConfigError, InputError
 from cxrdecomp.physics.materials import mass_attenuation
 from cxrdecomp.simulate import anatomy as A
@@ -112,7 +112,7 @@ def test_vary_volume_identity_scaling_and_density():
     dens = A.vary_volume(av, A.AnatomyParams(bone_density=tuple((g, 1.5) for g in A.GROUPS)))
     assert torch.allclose(dens[0], 1.5 * av.volume[0]) and torch.equal(dens[1], av.volume[1])
     wide = A.vary_volume(av, A.AnatomyParams(scale=(1.15, 1.0, 1.0)))
-    body_x = lambda v: int(((v[1] + v[3]).sum(dim=(1, 2)) > 0).sum())  # noqa: E731
+    body_x = lambda v: int(((v[1] + v[3]).sum(dim=(1, 2)) > 0).sum())
     assert body_x(wide) > body_x(av.volume)  # wider body along X
     assert torch.allclose(wide.sum(dim=(0, 2, 3))[16], av.volume.sum(dim=(0, 2, 3))[16], rtol=0.05)  # centre plane kept
 
@@ -162,7 +162,7 @@ def test_ap_view_keeps_radiological_orientation():
     sim = Simulator(ct, size=48, method="joseph")
     pa = sim.render(SampleParams(geometry=GeometryParams(view="PA"), processing=LINEAR))["log"][0]
     ap = sim.render(SampleParams(geometry=GeometryParams(view="AP"), processing=LINEAR))["log"][0]
-    half = lambda img: (img[:, :24].sum() - img[:, 24:].sum()).item()  # noqa: E731
+    half = lambda img: (img[:, :24].sum() - img[:, 24:].sum()).item()
     assert np.sign(half(pa)) == np.sign(half(ap)) != 0
 
 

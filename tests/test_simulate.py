@@ -1,169 +1,152 @@
-"""DRR simulation: Beer–Lambert on a water cylinder, the paper's Eq. 2–3, bone + soft = DRR,
-targets, resumable generation and the training-pair dataset."""
+"""Stored simulation (`cxrdecomp simulate`): resumable after a kill, shards, refusal of other settings, bad CTs,
+and the training-pair dataset read back from it."""
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _phantoms import chest_phantom
 
-from cxrdecomp.simulate import targets
-from cxrdecomp.simulate.render import CTRenderer, drr_paper_from_hu, intensity_physical
+from cxrdecomp.errors import ConfigError, InputError
+from cxrdecomp.simulate.generate import finished, load_sample, parse_shard, simulate
 
-from _phantoms import chest_phantom, water_cylinder
-
-
-def test_water_cylinder_beer_lambert_within_1pct():
-    n, sp, r = 96, 0.5, 20.0
-    ct = water_cylinder(n, sp, r)
-    s = CTRenderer(ct, mask=np.zeros(ct.shape, bool), size=n).render()
-    row = s.total[0, n // 2]  # any row: the cylinder is along Z
-    x = (np.arange(n) - (n - 1) / 2) * sp
-    chord_cm = 2 * np.sqrt(np.clip(r**2 - x**2, 0, None)) / 10.0
-    analytic = np.exp(-0.2 * chord_cm)  # Beer–Lambert, µ_water = 0.2 / cm
-    got = intensity_physical(row).numpy()
-    rel = np.abs(got - analytic) / analytic
-    assert rel.max() < 0.01, rel.max()
-    centre = float(row[n // 2 - 1 : n // 2 + 1].mean())
-    assert centre == pytest.approx(0.2 * 2 * r / 10, rel=0.005)  # L through the centre = µ·2r
+KW = dict(size=32, seed=1, anatomy_reuse=2, progress=False)
 
 
-def test_paper_variant_matches_eq2_eq3():
-    ct = chest_phantom(32, 2.0)
-    hu = torch.from_numpy(ct.hu)
-    drr = drr_paper_from_hu(hu)
-    mu = 0.2 * (np.maximum(ct.hu, -1000) + 1000) / 1000
-    expect = np.exp(0.02 * mu.mean(axis=1))  # Eq. 2 mean over the N voxels of each AP ray, Eq. 3
-    expect = np.flip(expect.T, (0, 1))  # (Z, X), superior top, patient right left
-    assert np.allclose(drr.numpy(), expect, rtol=1e-6)
-    # the renderer's sample gives the same image via µ_av = L / (N Δy)
-    s = CTRenderer(ct, size=32).render()
-    assert torch.allclose(s.paper_drr()[0], drr, rtol=1e-5)
-    assert s.ray_length_cm == pytest.approx(32 * 0.2)
+def _arrays(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    return {n: load_sample(out / "samples" / f"{n}.npz") for n in finished(out)}
 
 
-def test_bone_plus_soft_equals_drr_phantom():
-    ct = chest_phantom(40, 2.0)
-    for fill in (None, 40.0):
-        r = CTRenderer(ct, bone="hu", soft_fill_hu=fill, size=40)
-        s = r.render(rot_x=7.0, rot_y=-9.0, rot_z=4.0, flip=True, bone_density=1.15)
-        full = CTRenderer(ct, mask=np.zeros(ct.shape, bool), size=40).render(rot_x=7.0, rot_y=-9.0, rot_z=4.0, flip=True)
-        resid = (s.bone / 1.15 + s.soft - full.total).abs().max().item()
-        assert resid < 1e-4 * full.total.max().item(), resid
-        assert torch.allclose(s.total, s.bone + s.soft)
-        assert s.bone.max() > 0.05  # bone is there
-    # paper definition: bone voxels hold their full µ → bone line integrals ≥ 0
-    assert CTRenderer(ct, bone="hu", size=40).render().bone.min() >= 0
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[n].keys() == b[n].keys() and all(np.array_equal(a[n][k], b[n][k]) for k in a[n]) for n in a)
 
 
-def test_orientation_radiological():
-    """Patient's right (RAS X high) appears on the image's left; superior at the top."""
-    ct = chest_phantom(32, 2.0)
-    hu = np.full(ct.shape, -1000.0, np.float32)
-    hu[28, 16, 28] = 3000  # patient right, superior
-    ct.hu = hu
-    s = CTRenderer(ct, mask=np.zeros(ct.shape, bool), size=32).render()
-    r, c = np.unravel_index(int(s.total[0].argmax()), (32, 32))
-    assert r < 8 and c < 8
+@pytest.fixture(scope="module")
+def ct():
+    return chest_phantom(24, 4.0)
 
 
-def test_bone_mask_labels_vs_hu():
-    ct = chest_phantom(24, 2.0)
-    ct.labels = np.zeros(ct.shape, np.int16)
-    ct.labels[ct.hu >= 400] = 92
-    ct.labels[0, 0, 0] = 51
-    ct.label_names = {92: "rib_left_1", 51: "heart", 116: "sternum"}
-    m = targets.bone_mask(ct)  # auto → labels
-    assert m.sum() == (ct.labels == 92).sum()
-    assert targets.labels_matching(ct.label_names, targets.BONE_LABEL_PATTERNS) == [92, 116]
-    assert np.array_equal(targets.bone_mask(ct, "hu"), (ct.hu >= 300) & (ct.hu <= 700))
-    from cxrdecomp.errors import InputError
-
-    ct2 = chest_phantom(8, 2.0)
-    with pytest.raises(InputError):
-        targets.bone_mask(ct2, "labels")
+@pytest.fixture(scope="module")
+def reference(ct, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "sim"
+    res = simulate([ct], out, n_per_ct=6, previews=False, **KW)
+    assert res == {"written": 6, "skipped": 0, "total": 6}
+    return out
 
 
-@pytest.mark.data
-def test_example_ct_identity_and_labels_vs_hu():
-    from cxrdecomp.io import examples
-    from cxrdecomp.io.ct import example_ct
-
-    if not all((examples.cache_dir() / f).is_file() for f in ("cxr.nii.gz", "mask.nii.gz", "structures.csv")):
-        pytest.skip("example CT not cached (run `cxrdecomp data fetch`)")
-    ct = example_ct()
-    r = CTRenderer(ct, size=64, ray_step_mm=2.0)
-    s = r.render(rot_x=5.0, rot_y=-3.0, rot_z=8.0, bone_density=0.9)
-    assert torch.allclose(s.bone + s.soft, s.total, atol=1e-5)
-    lab, hu = targets.bone_mask(ct, "labels"), targets.bone_mask(ct, "hu")
-    heart = np.isin(ct.labels, targets.labels_matching(ct.label_names, [r"^heart$", r"^aorta$"]))
-    assert hu[heart].sum() > 10 * lab[heart].sum()  # the HU window takes the contrast-filled heart/aorta
+def test_sample_contents(reference):
+    d = load_sample(reference / "samples" / "ct000_s00002.npz")
+    for k in ("image", "soft_tissue", "bone", "lung", "lung_mask", "bone_mask", "nodule_mask", "t_bone", "t_tissue", "field"):
+        assert d[k].shape == (32, 32), k
+    assert np.array_equal(d["image"] - d["soft_tissue"], d["bone"])
+    assert 0 <= d["image"].min() and d["image"].max() <= 1 and d["image"].std() > 0.05
+    meta = json.loads((reference / "samples" / "ct000_s00002.json").read_text())
+    assert meta["sample"] == 2 and meta["geometry"]["view"] in ("PA", "AP") and 60 <= meta["physics"]["kvp"] <= 150
+    assert [m["name"] for m in json.loads((reference / "manifest.json").read_text())] == finished(reference)
+    assert (reference / "manifest.csv").read_text().startswith("name,")
 
 
-def test_rotation_matrix_orthonormal():
-    from cxrdecomp.simulate.render import rotation_matrix
-
-    R = rotation_matrix(10, -7, 3)
-    assert np.allclose(R @ R.T, np.eye(3)) and math.isclose(np.linalg.det(R), 1.0)
-
-
-def test_simulate_resumable(tmp_path):
-    from cxrdecomp.simulate.generate import simulate
-
-    ct = chest_phantom(24, 4.0)
-    out = tmp_path / "sim"
-    res = simulate([ct], out, n_per_ct=3, size=32, seed=1, bone="hu", progress=False)
-    assert res == {"written": 3, "skipped": 0, "total": 3}
-    first = np.load(out / "samples" / "ct000_s00001.npy")
-    assert first.shape == (3, 32, 32) and first.dtype == np.float32
-    assert np.allclose(first[0], first[1] + first[2], atol=1e-6)
-    (out / "samples" / "ct000_s00001.npy").unlink()
-    (out / "samples" / ".ct000_s00002.npy.999.part").write_bytes(b"junk")  # a killed run's temporary
-    calls = []
-    res = simulate([lambda: calls.append(1) or ct], out, n_per_ct=3, size=32, seed=1, bone="hu", progress=False)
-    assert res == {"written": 1, "skipped": 2, "total": 3} and calls == [1]
-    assert np.array_equal(np.load(out / "samples" / "ct000_s00001.npy"), first)  # same parameters, same sample
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert [m["name"] for m in manifest] == ["ct000_s00000", "ct000_s00001", "ct000_s00002"]
-    assert (out / "manifest.csv").read_text().startswith("name,")
-    assert (out / "previews" / "ct000_s00000.png").is_file()
-    res = simulate([lambda: pytest.fail("CT must not be loaded when all samples exist")], out, n_per_ct=3, size=32, seed=1, progress=False)
-    assert res["written"] == 0
+def test_shards_together_equal_the_unsharded_run(ct, reference, tmp_path):
+    out = tmp_path / "sharded"
+    counts = [simulate([ct], out, n_per_ct=6, shard=(k, 3), previews=False, **KW)["written"] for k in range(3)]
+    assert counts == [2, 2, 2]
+    assert _same(_arrays(out), _arrays(reference))
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
 
 
-def test_cli_simulate(tmp_path):
+def test_rerun_with_other_settings_is_refused(ct, reference, tmp_path):
+    out = tmp_path / "s"
+    simulate([ct], out, n_per_ct=2, previews=False, **KW)
+    before = (out / "simulation.json").read_text()
+    with pytest.raises(ConfigError, match=r"size: 32 → 40"):
+        simulate([ct], out, n_per_ct=2, previews=False, **{**KW, "size": 40})
+    with pytest.raises(ConfigError, match="target"):
+        simulate([ct], out, n_per_ct=2, previews=False, target="air", **KW)
+    assert (out / "simulation.json").read_text() == before and len(finished(out)) == 2
+    res = simulate([lambda: pytest.fail("CT must not be loaded when all samples exist")], out, n_per_ct=2, previews=False, **KW)
+    assert res == {"written": 0, "skipped": 2, "total": 2}
+    grown = simulate([ct], out, n_per_ct=3, previews=False, **KW)  # more samples per CT: allowed, the first ones unchanged
+    assert grown["written"] == 1 and _same({n: v for n, v in _arrays(out).items() if n < "ct000_s00002"},
+                                           {n: v for n, v in _arrays(reference).items() if n < "ct000_s00002"})
+
+
+def test_bad_ct_writes_nothing(ct, tmp_path):
+    hu = ct.hu.copy()
+    hu[2, 2, 2] = np.nan
+    import dataclasses
+
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match="NaN"):
+        simulate([dataclasses.replace(ct, hu=hu)], out, n_per_ct=2, **KW)
+    assert not out.exists()
+
+
+def test_killed_simulate_resumes_without_corrupt_samples(ct, reference, tmp_path):
+    """SIGKILL a `cxrdecomp simulate` subprocess after its first finished sample; the rerun continues (does not
+    redo finished samples) and the result equals an uninterrupted run bit for bit."""
     import nibabel as nib
+
+    p = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct.hu, ct.affine), str(p))
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "cxrdecomp.cli", "simulate", str(p), "-o", str(out), "--n-per-ct", "6", "--size", "32",
+            "--seed", "1", "--anatomy-reuse", "2", "--no-previews"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(finished(out)) < 1 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = finished(out)
+    assert 1 <= len(done) < 6, "the kill should land mid-run"
+    stamps = {n: (out / "samples" / f"{n}.npz").stat().st_mtime_ns for n in done}
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"{6 - len(done)} written, {len(done)} already done" in res.stdout
+    assert all((out / "samples" / f"{n}.npz").stat().st_mtime_ns == t for n, t in stamps.items())  # continued, not redone
+    # the CT was read from NIfTI (float32 HU, same grid): same samples as the in-memory reference
+    assert _same(_arrays(out), _arrays(reference))
+    assert not list((out / "samples").glob(".*.part"))
+
+
+def test_training_pairs_read_back(reference):
+    from cxrdecomp.data.simulated import SimulatedPairs, split_names
+
+    train, val = split_names(reference, 0.34)
+    assert len(val) == 2 and not set(train) & set(val)
+    it = SimulatedPairs(reference, size=32, augment=False, names=val)[0]
+    d = load_sample(reference / "samples" / f"{val[0]}.npz")
+    assert torch.equal(it["x"][0], torch.from_numpy(d["image"])) and torch.allclose(it["x"] - it["bone"], it["soft"])
+    torch.manual_seed(0)
+    for _ in range(4):  # flips and zooms keep x = soft + bone
+        a = SimulatedPairs(reference, size=24, augment=True)[1]
+        assert a["x"].shape == (1, 24, 24) and torch.allclose(a["x"], a["soft"] + a["bone"], atol=1e-6)
+
+
+def test_old_format_folder_is_refused(ct, tmp_path):
+    (tmp_path / "samples").mkdir()
+    np.save(tmp_path / "samples" / "ct000_s00000.npy", np.zeros((3, 4, 4), np.float32))
+    with pytest.raises(ConfigError, match="older format"):
+        simulate([ct], tmp_path, n_per_ct=1, **KW)
+
+
+def test_cli_simulate_one_line_errors(tmp_path):
     from typer.testing import CliRunner
 
     from cxrdecomp.cli import app
 
-    ct = chest_phantom(24, 4.0)
-    p = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(ct.hu, ct.affine), str(p))
-    res = CliRunner().invoke(app, ["simulate", str(p), "-o", str(tmp_path / "s"), "--n-per-ct", "2", "--size", "32", "--no-previews"])
-    assert res.exit_code == 0, res.output
-    assert len(list((tmp_path / "s" / "samples").glob("*.npy"))) == 2
-
-
-def test_dataset_pair_identity(tmp_path):
-    from cxrdecomp.data.simulated import SimulatedPairs, display_pair
-    from cxrdecomp.simulate.generate import simulate
-
-    simulate([chest_phantom(24, 4.0)], tmp_path, n_per_ct=2, size=32, bone="hu", progress=False, previews=False)
-    val = SimulatedPairs(tmp_path, size=32, augment=False)
-    it = val[0]
-    assert it["x"].shape == (1, 32, 32)
-    assert torch.allclose(it["x"], it["soft"] + it["bone"], atol=1e-6)
-    # display pair: linear window of line integrals → bone = L_bone/(hi−lo)
-    arr = torch.from_numpy(np.load(val.files[0]))
-    d, b = display_pair(arr[0:1], arr[2:3])
-    lohi = (arr[0].flatten().quantile(0.995) - arr[0].flatten().quantile(0.005)).item()
-    assert torch.allclose(b, arr[1:2] / lohi, rtol=1e-3, atol=1e-6)
-    tr = SimulatedPairs(tmp_path, size=32, augment=True)
-    torch.manual_seed(0)
-    for _ in range(4):
-        it = tr[1]
-        assert it["x"].min() >= 0 and it["x"].max() <= 1 and torch.isfinite(it["bone"]).all()
+    res = CliRunner().invoke(app, ["simulate", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "s")])
+    assert res.exit_code != 0 and "no such file" in str(res.exception)
+    assert not (tmp_path / "s").exists()

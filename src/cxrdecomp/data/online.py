@@ -17,7 +17,7 @@ Items are dicts of ``(1, S, S)`` float32 CPU tensors (the keys chosen, see
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import lightning as L
 import torch

@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -87,8 +87,8 @@ def _pick(d: dict, keys) -> np.ndarray | None:
 def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tuple[list[str], Callable[[], Iterator[Sample]], list[str]]:
     """Held-out simulated pairs written by ``cxrdecomp simulate`` (display domain).
 
-    The folder written by ``cxrdecomp simulate`` (``samples/NAME.npy`` line integrals + ``NAME.json``) is
-    read as described in :func:`_iter_simulate_folder` (``split``: ``"val"`` held-out poses, ``"all"``,
+    The folder written by ``cxrdecomp simulate`` (``samples/NAME.npz`` + ``NAME.json``) is
+    read as described in :func:`_iter_simulate_folder` (``split``: ``"val"`` held-out views, ``"all"``,
     ``"ct:I,J"`` held-out CTs). Other layouts of display-domain arrays are accepted too:
 
     * ``SIMDIR/NAME.npz`` with an input array (``drr``/``cxr``/``image``/``input``) and a ``soft``
@@ -106,7 +106,7 @@ def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tupl
     root = Path(sim_dir)
     if not root.is_dir():
         raise DataNotFoundError(f"simulated-data folder {root} does not exist; write one with `cxrdecomp simulate`")
-    if (root / "samples").is_dir() and any((root / "samples").glob("*.npy")):
+    if (root / "samples").is_dir() and any((root / "samples").glob("*.npz")):
         return _iter_simulate_folder(root, split)
     loaders: dict[str, Callable[[], dict]] = {}
     for p in sorted(root.glob("*.npz")):
@@ -155,20 +155,20 @@ def iter_simulated(sim_dir: str | os.PathLike, split: str | None = None) -> tupl
 
 
 def _iter_simulate_folder(root: Path, split: str | None):
-    """Samples of a ``cxrdecomp simulate`` folder: ``samples/NAME.npy`` ``(3, S, S)`` float32 line integrals
-    ``[total, bone, soft]`` (attenuation domain) + ``samples/NAME.json`` (``ct_index``, pose, ...).
+    """Samples of a ``cxrdecomp simulate`` folder (:mod:`cxrdecomp.simulate.generate`): ``samples/NAME.npz`` with the
+    display-domain ``image`` and ``soft_tissue`` (and ``lung_mask``) + ``samples/NAME.json`` (``ct_index``, parameters).
 
-    Display domain as the trainer defines it without augmentation: per-image window ``lo, hi`` = 0.5 % and
-    99.5 % quantiles of the total line integrals, ``I = (L − lo)/(hi − lo)``, ``S = (L_soft − lo)/(hi − lo)``,
-    both clipped to ``[0, 1]``. ``split``: ``None``/``"val"`` = the trainer's held-out poses
-    (``split_names``: 10 %, seed 0), ``"all"``, or ``"ct:0,3"`` = every sample of those CT indices
-    (held-out CTs, when the model was trained without them).
+    ``split``: ``None``/``"val"`` = the trainer's held-out views (``split_names``: 10 %, seed 0), ``"all"`` (e.g. a
+    folder of held-out anatomies written with ``simulate --split val``), or ``"ct:0,3"`` = every sample of those CT
+    indices (held-out CTs, when the model was trained without them).
     """
-    done = sorted(p.stem for p in (root / "samples").glob("*.npy") if p.with_suffix(".json").is_file())
+    from cxrdecomp.simulate.generate import finished, load_sample
+
+    done = finished(root)
     notes = []
     if split in (None, "val"):
         names = split_names(root)[1]
-        notes.append(f"held-out poses: the trainer's validation split ({len(names)} of {len(done)} samples)")
+        notes.append(f"held-out views: the trainer's validation split ({len(names)} of {len(done)} samples)")
     elif split == "all":
         names = done
     elif split.startswith("ct:"):
@@ -182,16 +182,8 @@ def _iter_simulate_folder(root: Path, split: str | None):
 
     def gen() -> Iterator[Sample]:
         for n in names:
-            arr = np.load(root / "samples" / f"{n}.npy").astype(np.float64)
-            if arr.ndim != 3 or arr.shape[0] != 3:
-                raise InputError(f"{root}/samples/{n}.npy: expected (3, S, S) [total, bone, soft], got {arr.shape}")
-            total, soft = arr[0], arr[2]
-            flat = total.ravel()[:: max(1, total.size // 65536 + 1)] if total.size > 65536 else total.ravel()
-            lo, hi = np.quantile(flat, [0.005, 0.995])
-            hi = max(hi, lo + 1e-6)
-            img = np.clip((total - lo) / (hi - lo), 0, 1).astype(np.float32)
-            sft = np.clip((soft - lo) / (hi - lo), 0, 1).astype(np.float32)
-            yield Sample(n, img, sft)
+            d = load_sample(root / "samples" / f"{n}.npz")
+            yield Sample(n, np.clip(d["image"], 0, 1), np.clip(d["soft_tissue"], 0, 1), d.get("lung_mask"))
 
     return names, gen, notes
 

@@ -36,6 +36,22 @@ LUNG_KEYS = ("lung",)
 BONE_HU, AIR_HU = 350.0, -800.0
 
 
+MU_WATER_PER_CM = 0.2
+"""Linear attenuation of water in cm⁻¹ used by the bone-extraction paper (§2.1), ≈ 60 keV effective energy."""
+
+
+def hu_to_mu(hu, mu_water: float = MU_WATER_PER_CM):
+    """Attenuation µ (cm⁻¹) from HU by the linear rule of the bone-extraction paper §2.1: ``µ = µ_water (HU + 1000) / 1000``.
+
+    HU below −1000 (padding outside the scanner's field of view, e.g. −2048) are clipped to −1000 so that
+    µ ≥ 0. Works on numpy arrays and torch tensors of any shape. (The realistic simulation uses
+    :func:`hu_to_density` and per-material µ/ρ(E) instead.)
+    """
+    if hasattr(hu, "clamp"):
+        return mu_water * (hu.clamp(min=-1000.0) + 1000.0) / 1000.0
+    return mu_water * (np.maximum(hu, -1000.0) + 1000.0) / 1000.0
+
+
 def hu_to_density(hu):
     """Mass density in g/cm³ from HU (DeepDRR's piecewise-linear conversion). Works on arrays and tensors."""
     if isinstance(hu, torch.Tensor):

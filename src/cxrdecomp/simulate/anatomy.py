@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrdecomp.errors import InputError
 from cxrdecomp.physics.materials import hu_to_density, label_ids, segment_materials
 
 CHANNELS = ("bone", "soft_tissue", "lung", "adipose", "bone_mask", "lung_mask")
@@ -177,7 +176,7 @@ class AnatomyParams:
                 "fat_layer_mm": self.fat_layer_mm, "breasts": list(self.breasts), "nodules": [list(n) for n in self.nodules]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AnatomyParams":
+    def from_dict(cls, d: dict) -> AnatomyParams:
         return cls(int(d["field_seed"]), float(d["displacement_mm"]), int(d["control_points"]), tuple(d["scale"]),
                    tuple((g, float(d["bone_density"][g])) for g in GROUPS if g in d["bone_density"]), float(d["lung_density"]), float(d["fat_layer_mm"]),
                    tuple(d["breasts"]), tuple(tuple(n) for n in d["nodules"]))
@@ -203,7 +202,7 @@ class AnatomyRanges:
 
 def draw_volume_anatomy(rng: np.random.Generator, ranges: AnatomyRanges = AnatomyRanges()) -> AnatomyParams:
     """The 3-D part of an anatomy variation (deformation, scaling, densities); reproducible from ``rng``."""
-    u = lambda r: float(rng.uniform(*r))  # noqa: E731
+    u = lambda r: float(rng.uniform(*r))
     dens = tuple((g, round(u(ranges.bone_density), 4)) for g in GROUPS)
     return AnatomyParams(field_seed=int(rng.integers(2**31)), displacement_mm=round(u(ranges.displacement_mm), 3),
                          scale=tuple(round(u(ranges.scale), 4) for _ in range(3)), bone_density=dens,
@@ -212,7 +211,7 @@ def draw_volume_anatomy(rng: np.random.Generator, ranges: AnatomyRanges = Anatom
 
 def draw_habitus(base: AnatomyParams, rng: np.random.Generator, ranges: AnatomyRanges = AnatomyRanges()) -> AnatomyParams:
     """Add the per-view 2-D part (fat layer, breasts, nodules) to ``base``."""
-    u = lambda r: float(rng.uniform(*r))  # noqa: E731
+    u = lambda r: float(rng.uniform(*r))
     breasts = (round(u(ranges.breast_thickness_cm), 3), round(u(ranges.breast_half_width), 3)) if rng.random() < ranges.breast_p else ()
     nod = []
     if rng.random() < ranges.nodule_p:

@@ -1,18 +1,24 @@
-"""Generate stored training pairs from CT volumes (``cxrdecomp simulate``).
+"""Stored training samples from CT volumes through the realistic pipeline (``cxrdecomp simulate``).
 
 Layout of the output folder ``DIR``::
 
-    DIR/samples/ct000_s00000.npy    (3, S, S) float32 [total, bone, soft] line integrals (attenuation domain)
-    DIR/samples/ct000_s00000.json   per-sample parameters (written after the .npy: its presence marks
-                                    the sample finished)
-    DIR/previews/ct000_s00000.png   8-bit preview: DRR | bone | soft tissue (display domain, per-image window)
-    DIR/manifest.json, manifest.csv all samples' parameters (rewritten at the end of every run)
-    DIR/simulation.json             settings of the run
+    DIR/samples/ct000_s00000.npz    the sample's outputs (see below)
+    DIR/samples/ct000_s00000.json   its parameters (:class:`~cxrdecomp.simulate.pipeline.SampleParams`), written
+                                    after the .npz: its presence marks the sample finished
+    DIR/previews/ct000_s00000.png   8-bit preview: image | soft tissue | bone (×3) | lung X-ray (×3)
+    DIR/manifest.json, manifest.csv all finished samples' parameters (rewritten at the end of every run)
+    DIR/simulation.json             the settings of the run (a rerun with other settings is refused)
 
-Resumable: a sample whose ``.npy`` and ``.json`` exist is skipped; every file is written atomically
-(:func:`cxrdecomp.io.atomic.atomic_path`) so a kill leaves either a finished sample or none (a stray
-``.part`` temporary is ignored and overwritten). Per-sample parameters are drawn from a generator seeded
-with ``(seed, ct index, sample index)``, so a regenerated sample equals the lost one.
+The ``.npz`` holds ``image`` and ``soft_tissue`` (float32, display domain; ``bone = image − soft_tissue``
+exactly), ``lung``, ``t_bone``, ``t_tissue`` (and ``des_soft``, ``des_bone`` with ``des``) as float16,
+``lung_mask``, ``bone_mask``, ``nodule_mask`` and ``field`` as uint8, all ``(S, S)``
+(:mod:`cxrdecomp.simulate.pipeline` defines them). :func:`load_sample` reads one back.
+
+Resumable and splittable: a sample whose ``.npz`` and ``.json`` exist is skipped; every file is written
+atomically (:func:`cxrdecomp.io.atomic.atomic_path`), so a kill leaves finished samples or none. Sample
+``i`` of CT ``c`` is a pure function of (CT, ``i``, ``seed``) (:meth:`Simulator.sample`), so a regenerated
+sample equals the lost one, and ``shard=(k, n)`` renders exactly the samples whose global number
+``c · n_per_ct + i`` is ``k`` mod ``n``: shards ``0/n … (n−1)/n`` together equal the unsharded run.
 """
 
 from __future__ import annotations
@@ -21,15 +27,22 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from cxrdecomp.errors import ConfigError, DataNotFoundError, InputError
 from cxrdecomp.io.atomic import atomic_path
 
 SAMPLES = "samples"
 PREVIEWS = "previews"
+FORMAT = "cxrdecomp-simulation/2"
+FLOAT16 = ("lung", "t_bone", "t_tissue", "des_soft", "des_bone")
+MASKS = ("lung_mask", "bone_mask", "nodule_mask", "field")
+STORED = ("image", "soft_tissue", *FLOAT16, *MASKS)
 
 
 def sample_name(ct_index: int, i: int) -> str:
@@ -37,58 +50,120 @@ def sample_name(ct_index: int, i: int) -> str:
 
 
 def is_done(out: Path, name: str) -> bool:
-    """A sample is finished when both its array and its parameter file exist."""
-    return (out / SAMPLES / f"{name}.npy").is_file() and (out / SAMPLES / f"{name}.json").is_file()
+    """A sample is finished when both its arrays and its parameter file exist."""
+    return (out / SAMPLES / f"{name}.npz").is_file() and (out / SAMPLES / f"{name}.json").is_file()
 
 
-def _preview(arr: np.ndarray, height: int = 192) -> bytes:
-    import torch
-    import torch.nn.functional as F
+def finished(out: str | os.PathLike) -> list[str]:
+    """Names of the finished samples of a simulate folder, sorted."""
+    d = Path(out) / SAMPLES
+    return sorted(p.stem for p in d.glob("*.npz") if p.with_suffix(".json").is_file()) if d.is_dir() else []
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"k/n"`` → ``(k, n)`` with ``0 ≤ k < n``; ``None`` → ``(0, 1)``.
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    if text is None:
+        return 0, 1
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be K/N with 0 ≤ K < N (e.g. 0/4), not {text!r}") from None
+    if not 0 <= k < n:
+        raise ConfigError(f"--shard must be K/N with 0 ≤ K < N (e.g. 0/4), not {text!r}")
+    return k, n
+
+
+def load_sample(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """One stored sample (``.npz``) as float32 ``(S, S)`` arrays, with ``bone = image − soft_tissue`` added.
+
+    Raises:
+        InputError: not a sample of this format.
+    """
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            d = {k: z[k].astype(np.float32) for k in z.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable simulated sample ({e})") from None
+    if "image" not in d or "soft_tissue" not in d:
+        raise InputError(f"{path}: a simulated sample needs 'image' and 'soft_tissue' arrays; rerun `cxrdecomp simulate` (format {FORMAT})")
+    d["bone"] = d["image"] - d["soft_tissue"]
+    return d
+
+
+def _preview(d: dict[str, np.ndarray]) -> bytes:
     from PIL import Image
 
-    from cxrdecomp.simulate.render import display_window, to_display
-
-    t = torch.from_numpy(arr)[:, None]  # (3,1,S,S)
-    lo, hi = display_window(t[0:1])
-    d = to_display(t[0:1], lo, hi)
-    b = t[1:2] / (hi - lo)
-    s = to_display(t[2:3], lo, hi)
-    row = torch.cat([d, b, s], dim=-1).clamp(0, 1)
-    row = F.interpolate(row, size=(height, 3 * height), mode="area")[0, 0]
+    row = np.concatenate([d["image"], d["soft_tissue"], np.clip(3 * (d["image"] - d["soft_tissue"]), 0, 1), np.clip(3 * d["lung"], 0, 1)], 1)
     buf = io.BytesIO()
-    Image.fromarray((row.numpy() * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
+    Image.fromarray((np.clip(row, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _write_sample(out: Path, name: str, arr: np.ndarray, meta: dict[str, Any], previews: bool) -> None:
-    with atomic_path(out / SAMPLES / f"{name}.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
+def _write_sample(out: Path, name: str, d: dict[str, np.ndarray], meta: dict[str, Any], previews: bool) -> None:
+    arrays = {}
+    for k in STORED:
+        if k in d:
+            v = d[k]
+            arrays[k] = v.astype(np.uint8) if k in MASKS else v.astype(np.float16 if k in FLOAT16 else np.float32)
+    with atomic_path(out / SAMPLES / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     if previews:
-        data = _preview(arr)
+        data = _preview(d)
         with atomic_path(out / PREVIEWS / f"{name}.png") as tmp:
             Path(tmp).write_bytes(data)
     with atomic_path(out / SAMPLES / f"{name}.json") as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=1) + "\n")
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if not isinstance(v, (list, tuple)) else json.dumps(v)
+    return out
+
+
 def write_manifest(out: Path) -> list[dict[str, Any]]:
-    """Collect every finished sample's parameters into ``manifest.json`` and ``manifest.csv``."""
+    """Collect every finished sample's parameters into ``manifest.json`` and ``manifest.csv`` (flattened keys)."""
     out = Path(out)
-    rows = []
-    for p in sorted((out / SAMPLES).glob("*.json")):
-        if (p.with_suffix(".npy")).is_file():
-            rows.append(json.loads(p.read_text()))
+    rows = [json.loads((out / SAMPLES / f"{n}.json").read_text()) for n in finished(out)]
     with atomic_path(out / "manifest.json") as tmp:
         Path(tmp).write_text(json.dumps(rows, indent=1) + "\n")
     if rows:
-        keys = list(rows[0].keys())
+        flat = [_flat(r) for r in rows]
+        keys = list(dict.fromkeys(k for r in flat for k in r))
         with atomic_path(out / "manifest.csv") as tmp:
             with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+                w = csv.DictWriter(f, fieldnames=keys)
                 w.writeheader()
-                w.writerows(rows)
+                w.writerows(flat)
     return rows
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to continue a folder simulated with other settings (``n_per_ct`` may grow)."""
+    path = out / "simulation.json"
+    if not path.is_file():
+        if (out / SAMPLES).is_dir() and any((out / SAMPLES).glob("*.npy")):
+            raise ConfigError(f"{out} holds samples of an older format (.npy line integrals); use a new output folder")
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path} is not valid JSON; use a new output folder") from None
+    diff = sorted(k for k in set(old) | set(settings) if k != "n_per_ct" and old.get(k) != settings.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} → {settings.get(k)!r}" for k in diff if k != "ranges")
+        if "ranges" in diff:
+            shown = ", ".join(filter(None, [shown, "ranges differ"]))
+        raise ConfigError(f"{out} was simulated with other settings ({shown}); rerun with the same settings or use a new folder")
 
 
 def simulate(
@@ -98,71 +173,100 @@ def simulate(
     n_per_ct: int = 100,
     size: int = 512,
     seed: int = 0,
-    bone: str = "auto",
-    hu_window: tuple[float, float] = (300.0, 700.0),
-    soft_fill_hu: float | None = None,
-    max_rot_deg: float = 10.0,
-    flip_p: float = 0.5,
-    density: tuple[float, float] = (0.8, 1.2),
-    ray_step_mm: float | None = None,
+    split: str = "train",
+    target: str = "volume",
+    method: str = "shearwarp",
+    des: bool = False,
+    anatomy_reuse: int = 8,
+    ranges=None,
+    shard: tuple[int, int] = (0, 1),
     device: str = "cpu",
     previews: bool = True,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Render ``n_per_ct`` varied samples of every CT into ``out`` (see module docstring).
+    """Render ``n_per_ct`` realistic samples of every CT into ``out`` (see module docstring).
 
     Args:
         cts: CT sources: :class:`cxrdecomp.io.ct.CTVolume` objects or zero-argument callables returning one
-            (loaded only when that CT still has unfinished samples).
+            (loaded only when that CT still has unfinished samples in this shard).
         out: output folder.
         n_per_ct, size, seed: samples per CT, detector size S, random seed.
-        bone, hu_window, soft_fill_hu: target definition (see :mod:`cxrdecomp.simulate.targets`).
-        max_rot_deg, flip_p, density: per-sample variation ranges.
-        ray_step_mm, device: renderer settings (see :class:`cxrdecomp.simulate.render.CTRenderer`).
+        split: ``"train"`` or ``"val"`` (the held-out anatomy bank; see :class:`~cxrdecomp.simulate.pipeline.Simulator`).
+        target, method, des, anatomy_reuse, ranges: :class:`~cxrdecomp.simulate.pipeline.Simulator` settings.
+        shard: ``(k, n)``: render only the samples whose global number is ``k`` mod ``n``.
+        device: torch device of the rendering.
 
     Returns:
-        ``{"written": n, "skipped": n, "total": n}``.
+        ``{"written": n, "skipped": n, "total": n}`` (counts within this shard).
 
     Raises:
-        InputError: bad CT or bone definition.
+        InputError: a bad CT (checked before anything of it is written). ConfigError: other settings than the
+        folder's, bad shard.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from cxrdecomp.simulate.render import CTRenderer
+    from cxrdecomp.simulate.pipeline import SimulationRanges, Simulator, check_ct
 
+    k, n = shard
+    if not 0 <= k < n:
+        raise ConfigError(f"shard must satisfy 0 ≤ k < n, got {k}/{n}")
+    if n_per_ct < 1:
+        raise ConfigError(f"--n-per-ct must be ≥ 1, got {n_per_ct}")
+    if not cts:
+        raise ConfigError("give at least one CT")
     out = Path(out)
-    (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+    ranges = ranges or SimulationRanges()
     settings = {
-        "n_per_ct": n_per_ct, "size": size, "seed": seed, "bone": bone, "hu_window": list(hu_window),
-        "soft_fill_hu": soft_fill_hu, "max_rot_deg": max_rot_deg, "flip_p": flip_p, "density": list(density),
-        "ray_step_mm": ray_step_mm, "format": "(3,S,S) float32 [total, bone, soft] line integrals, attenuation domain",
+        "format": FORMAT, "size": int(size), "seed": int(seed), "split": split, "target": target, "method": method, "des": bool(des),
+        "anatomy_reuse": int(anatomy_reuse), "n_per_ct": int(n_per_ct), "n_cts": len(cts), "ranges": json.loads(json.dumps(asdict(ranges))),
     }
-    with atomic_path(out / "simulation.json") as tmp:
-        Path(tmp).write_text(json.dumps(settings, indent=1) + "\n")
-    total = n_per_ct * len(cts)
+    _check_settings(out, settings)
+    todo = {ci: [i for i in range(n_per_ct) if (ci * n_per_ct + i) % n == k] for ci in range(len(cts))}
+    total = sum(len(v) for v in todo.values())
     written = skipped = 0
-    cols = [TextColumn("simulate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    started = False
+    cols = [TextColumn(f"simulate {k}/{n}" if n > 1 else "simulate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*cols, disable=not progress) as bar:
         task = bar.add_task("simulate", total=total)
         for ci, src in enumerate(cts):
-            todo = [i for i in range(n_per_ct) if not is_done(out, sample_name(ci, i))]
-            skipped += n_per_ct - len(todo)
-            bar.advance(task, n_per_ct - len(todo))
-            if not todo:
+            left = [i for i in todo[ci] if not is_done(out, sample_name(ci, i))]
+            skipped += len(todo[ci]) - len(left)
+            bar.advance(task, len(todo[ci]) - len(left))
+            if not left:
                 continue
             ct = src() if callable(src) else src
-            r = CTRenderer(ct, bone=bone, hu_window=hu_window, soft_fill_hu=soft_fill_hu, size=size, ray_step_mm=ray_step_mm, device=device)
-            for i in todo:
-                rng = np.random.default_rng([seed, ci, i])
-                params = CTRenderer.random_params(rng, max_rot_deg=max_rot_deg, flip_p=flip_p, density=density)
-                s = r.render(**params)
+            check_ct(ct)
+            sim = Simulator(ct, size, device=device, target=target, method=method, des=des, ranges=ranges, anatomy_reuse=anatomy_reuse)
+            if not started:  # first output only once the first CT is known to be good
+                (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+                with atomic_path(out / "simulation.json") as tmp:
+                    Path(tmp).write_text(json.dumps(settings, indent=1) + "\n")
+                started = True
+            for i in left:
+                s = sim.sample(i, seed, split)
                 name = sample_name(ci, i)
-                meta = {"name": name, "ct_index": ci, "ct": str(getattr(ct, "source", "")), "sample": i, **params,
-                        "pixel_mm": s.pixel_mm, "ray_length_cm": s.ray_length_cm, "size": size,
-                        "bone": bone, "soft_fill_hu": soft_fill_hu}
-                _write_sample(out, name, s.stacked(), meta, previews)
+                arrays = {key: v[0].detach().cpu().numpy() for key, v in s.items() if key != "params"}
+                meta = {"name": name, "ct_index": ci, "ct": str(getattr(ct, "source", "")), "sample": i, "split": split,
+                        "size": int(size), "target": target, **s["params"].to_dict()}
+                _write_sample(out, name, arrays, meta, previews)
                 written += 1
                 bar.advance(task)
-            del r
-    write_manifest(out)
+            del sim
+    if started or finished(out):
+        write_manifest(out)
     return {"written": written, "skipped": skipped, "total": total}
+
+
+def require_samples(root: str | os.PathLike) -> list[str]:
+    """Finished sample names of ``root`` or a clear error."""
+    names = finished(root)
+    if not names:
+        raise DataNotFoundError(f"no simulated samples in {root}/{SAMPLES}; run `cxrdecomp simulate CT -o {root}` first")
+    return names

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 
 from cxrdecomp.errors import ConfigError
 from cxrdecomp.io.atomic import atomic_path
+from cxrdecomp.physics.materials import hu_to_mu
 from cxrdecomp.projector.parallel import line_integral_ap
 from cxrdecomp.simulate import lung as L
-from cxrdecomp.simulate.targets import hu_to_mu
 from cxrdecomp.simulate.render import display_window, rotation_matrix, to_display
 
 FOLDERS = ("drr", "input", "lung", "lung_mask", "nodule_mask")

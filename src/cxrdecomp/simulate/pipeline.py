@@ -59,9 +59,20 @@ from cxrdecomp.errors import ConfigError, InputError
 from cxrdecomp.projector.conebeam import PreparedVolume, forward_project
 from cxrdecomp.projector.geometry import Detector, Pose
 from cxrdecomp.simulate import anatomy as A
-from cxrdecomp.simulate.ct2xray import SOFT_DENSITY, Spectrum, dual_energy, log_image, polyenergetic_intensity
+from cxrdecomp.simulate.ct2xray import (
+    SOFT_DENSITY,
+    Spectrum,
+    dual_energy,
+    log_image,
+    polyenergetic_intensity,
+)
 from cxrdecomp.simulate.detector import add_noise, add_scatter, gaussian_blur
-from cxrdecomp.simulate.processing import ProcessingParams, ProcessingRanges, apply_processing, draw_processing
+from cxrdecomp.simulate.processing import (
+    ProcessingParams,
+    ProcessingRanges,
+    apply_processing,
+    draw_processing,
+)
 from cxrdecomp.simulate.render import display_window
 
 TARGETS = ("volume", "mass", "air")
@@ -136,7 +147,7 @@ class SampleParams:
                 "processing": self.processing.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SampleParams":
+    def from_dict(cls, d: dict) -> SampleParams:
         g = dict(d["geometry"])
         g["shift_mm"], g["collimation"] = tuple(g["shift_mm"]), tuple(g["collimation"])
         ph = dict(d["physics"])
@@ -186,7 +197,7 @@ class SimulationRanges:
 
 
 def draw_geometry(rng: np.random.Generator, r: GeometryRanges = GeometryRanges()) -> GeometryParams:
-    u = lambda lo, hi: round(float(rng.uniform(lo, hi)), 4)  # noqa: E731
+    u = lambda lo, hi: round(float(rng.uniform(lo, hi)), 4)
     coll = tuple(u(0, r.collimation) for _ in range(4)) if rng.random() < r.collimation_p else (0.0, 0.0, 0.0, 0.0)
     return GeometryParams(view="AP" if rng.random() < r.ap_p else "PA", sdd_mm=u(*r.sdd_mm), air_gap_mm=u(*r.air_gap_mm),
                           azimuth=u(-r.rotation_deg, r.rotation_deg), tilt=u(-r.tilt_deg, r.tilt_deg), roll=u(-r.roll_deg, r.roll_deg),
@@ -194,7 +205,7 @@ def draw_geometry(rng: np.random.Generator, r: GeometryRanges = GeometryRanges()
 
 
 def draw_physics(rng: np.random.Generator, r: PhysicsRanges = PhysicsRanges()) -> PhysicsParams:
-    u = lambda lo, hi: round(float(rng.uniform(lo, hi)), 4)  # noqa: E731
+    u = lambda lo, hi: round(float(rng.uniform(lo, hi)), 4)
     kvp = float(10 * round(rng.uniform(*r.kvp) / 10))
     ph = float(math.exp(rng.uniform(math.log(r.photons[0]), math.log(r.photons[1]))))
     return PhysicsParams(kvp=kvp, filtration_mm_al=float(rng.choice(r.filtration_mm_al)), spr=u(*r.spr),

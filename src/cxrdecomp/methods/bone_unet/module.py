@@ -42,20 +42,20 @@ class BoneUNetModule(MethodModule):
 
     def __init__(self, size: int = 512, base: int = 32, depth: int = 4, dilate_from: int = 2, lr: float = 1e-3,
                  bone_scale: float = BONE_SCALE, vgg_weights: str | None = None, perceptual_weight: float = 1.0,
-                 dtype: str = "float16", display: str = "log"):
+                 dtype: str = "float16"):
         super().__init__()
         self.save_hyperparameters()
         self.model_config = {"base": base, "depth": depth, "dilate_from": dilate_from}
         self.net = build(**self.model_config)
         self.input_size = int(size)
-        self.inference_defaults = {"bone_scale": float(bone_scale), "target": "bone/(bone_scale*std(x))", "display": display, "w": 1.0, "w_s": 1.0}
+        self.inference_defaults = {"bone_scale": float(bone_scale), "target": "bone/(bone_scale*std(x))", "w": 1.0, "w_s": 1.0}
         self.lr = lr
         self.bone_scale = float(bone_scale)
         self.dtype_name = dtype
         self.perceptual = None
         self.perceptual_weight = perceptual_weight
         if vgg_weights:
-            from cxrdecomp.nn.losses import PerceptualLoss  # noqa: PLC0415 - only with VGG weights
+            from cxrdecomp.nn.losses import PerceptualLoss
 
             self.perceptual = PerceptualLoss(vgg_weights)
 
@@ -158,8 +158,8 @@ def train(o: Options) -> Path:
     else:
         data = Path(o.data)
         train_names, val_names = split_names(data, o.val_fraction, seed=int(o.seed))
-        train_ds = SimulatedPairs(data, size=size, augment=True, names=train_names, display=o.display)
-        val_ds = SimulatedPairs(data, size=size, augment=False, names=val_names, display=o.display)
+        train_ds = SimulatedPairs(data, size=size, augment=True, names=train_names)
+        val_ds = SimulatedPairs(data, size=size, augment=False, names=val_names)
         desc = f"{len(train_ds)} simulated pairs from {data} (validation: {len(val_ds)})"
     if o.real_pairs:
         root = Path(o.real_pairs)
@@ -169,7 +169,7 @@ def train(o: Options) -> Path:
     bone_scale = estimate_bone_scale(train_ds, n=8 if o.online else 32) if str(o.bone_scale) == "auto" else float(o.bone_scale)
     module = BoneUNetModule(size=size, base=o.base, depth=o.depth, dilate_from=o.dilate_from, lr=o.lr, bone_scale=bone_scale,
                             vgg_weights=str(o.vgg_weights) if o.vgg_weights else None, perceptual_weight=o.perceptual_weight,
-                            dtype=o.dtype, display=o.display)
+                            dtype=o.dtype)
     if o.online:
         train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
     else:

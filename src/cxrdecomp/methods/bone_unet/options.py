@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from cxrdecomp.train.options import TrainOptions, option
 
@@ -13,11 +12,11 @@ from cxrdecomp.train.options import TrainOptions, option
 class Options(TrainOptions):
     """Adam (lr 1e-3), batch 8, L1 on the normalised bone target, optional VGG16 perceptual loss (Eq. 5)."""
 
-    data: Optional[Path] = option(None, "A `cxrdecomp simulate` output folder (samples/*.npy).")
+    data: Path | None = option(None, "A `cxrdecomp simulate` output folder (samples/*.npz).")
     online: bool = option(False, "Render realistic samples on the fly (anatomy, cone beam, polyenergetic physics, detector, processing) instead of --data.")
-    ct: Optional[Path] = option(None, "CT for --online (NIfTI, NRRD/MHA or a DICOM series folder); default: the example CT with its labels.")
-    labels: Optional[Path] = option(None, "Label map of --ct (same grid), for the bone groups and lungs.")
-    label_names: Optional[Path] = option(None, "structures.csv (columns structure,id) of --labels.")
+    ct: Path | None = option(None, "CT for --online (NIfTI, NRRD/MHA or a DICOM series folder); default: the example CT with its labels.")
+    labels: Path | None = option(None, "Label map of --ct (same grid), for the bone groups and lungs.")
+    label_names: Path | None = option(None, "structures.csv (columns structure,id) of --labels.")
     epoch_samples: int = option(2000, "--online: fresh samples per epoch.")
     val_samples: int = option(64, "--online: validation samples (the held-out anatomy bank).")
     target: str = option("volume", "--online: bone replacement of the soft-tissue target: volume, mass or air.")
@@ -25,11 +24,10 @@ class Options(TrainOptions):
     base: int = option(32, "Filters of the first U-Net level (paper: 32).")
     depth: int = option(4, "Down-sampling steps of the U-Net.")
     dilate_from: int = option(2, "First U-Net level with dilated (rate 2) convolutions.")
-    vgg_weights: Optional[Path] = option(None, "torchvision VGG16 state dict (.pth) for the perceptual loss (Eq. 5); none: L1 only.")
+    vgg_weights: Path | None = option(None, "torchvision VGG16 state dict (.pth) for the perceptual loss (Eq. 5); none: L1 only.")
     perceptual_weight: float = option(1.0, "Weight of the perceptual loss.")
-    real_pairs: Optional[Path] = option(None, "Also train on real pairs (BSE-JSRT layout: cxr/ and soft/, or its train/ folder).")
+    real_pairs: Path | None = option(None, "Also train on real pairs (BSE-JSRT layout: cxr/ and soft/, or its train/ folder).")
     val_fraction: float = option(0.1, "Fraction of the simulated samples held out for validation.")
     bone_scale: str = option("auto", "Network target scale: bone / (bone_scale * std(x)); 'auto' estimates it from the data.")
-    display: str = option("log", "DRR display mapping: log (linear window of the line integrals) or paper (exp(beta*mu_av)).")
     limit_val_batches: float = option(1.0, "Fraction (or number, if > 1) of validation batches per epoch.")
     dtype: str = option("float16", "Exported weight dtype: float16 (half the size) or float32.")

@@ -28,9 +28,9 @@ def simulated_pairs(root: str | os.PathLike, size: int = 512, augment: bool = Tr
 
     * ``ROOT/cxr/*.png`` + ``ROOT/soft/*.png`` (the BSE-JSRT layout, display domain):
       :class:`cxrdecomp.data.pairs.PairedImages`;
-    * ``ROOT/samples/*.npy`` written by ``cxrdecomp simulate`` (line integrals ``[total, bone, soft]``,
-      attenuation domain): :class:`cxrdecomp.data.simulated.SimulatedPairs` (its display mapping and,
-      with ``augment``, its augmentations), see :class:`SimulateOutputPairs`;
+    * ``ROOT/samples/*.npz`` written by ``cxrdecomp simulate`` (realistic samples, display domain):
+      :class:`cxrdecomp.data.simulated.SimulatedPairs` (with ``augment``, its flips and zooms), see
+      :class:`SimulateOutputPairs`;
     * ``ROOT/**/*.npz`` or ``ROOT/**/*.pt``, one pair per file: :class:`ArrayPairs`.
 
     Args:
@@ -48,7 +48,7 @@ def simulated_pairs(root: str | os.PathLike, size: int = 512, augment: bool = Tr
     root = Path(root)
     if (root / "cxr").is_dir() and (root / "soft").is_dir():
         return PairedImages(root, size=size)
-    if (root / "samples").is_dir() and any((root / "samples").glob("*.npy")):
+    if (root / "samples").is_dir() and any((root / "samples").glob("*.npz")):
         return SimulateOutputPairs(root, size=size, augment=augment)
     return ArrayPairs(root, size=size)
 
@@ -58,7 +58,7 @@ class SimulateOutputPairs(torch.utils.data.Dataset):
     ``x`` / ``soft`` become ``cxr`` / ``soft``, ``bone = cxr − soft``, ``name`` the sample's file stem.
 
     Raises:
-        DataNotFoundError: no finished samples (``.npy`` with its ``.json``) in ``root/samples``.
+        DataNotFoundError: no finished samples (``.npz`` with its ``.json``) in ``root/samples``.
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 512, augment: bool = True):
@@ -95,7 +95,7 @@ class ArrayPairs(torch.utils.data.Dataset):
         files = sorted([*root.rglob("*.npz"), *root.rglob("*.pt")]) if root.is_dir() else []
         if not files:
             raise DataNotFoundError(
-                f"no simulated pairs in {root}: expected cxr/ + soft/ image folders, samples/*.npy from "
+                f"no simulated pairs in {root}: expected cxr/ + soft/ image folders, samples/*.npz from "
                 f"`cxrdecomp simulate`, or *.npz / *.pt files with an input ({', '.join(INPUT_KEYS)}) "
                 f"and a soft-tissue ({', '.join(SOFT_KEYS)}) array"
             )
