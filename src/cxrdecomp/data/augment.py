@@ -12,10 +12,10 @@ This is the augmentation of the disentanglement-autoencoder paper (§3: rotation
 zoom, horizontal flips; Keras ``ImageDataGenerator`` style, whose "nearest" fill is our
 ``padding_mode="border"``) and of the lung-enhancement paper (§2.2), reusable by every method.
 
-Intensity transforms, each linear unless noted, so that applied to a radiograph and its bone image alike
-they keep ``x = soft + bone``: :func:`sharpen` (unsharp mask, bone paper §2.3), :func:`compress_range`
-(dynamic-range compression of processed CR/DX), :func:`zoom` (about the centre), and the non-linear
-:func:`random_gamma` (a tone curve, BS-Diff §3.2 contrast augmentation).
+Also :func:`zoom` (about the centre; linear, so applied to a radiograph and its bone image alike it keeps
+``x = soft + bone``) and the non-linear :func:`random_gamma` (a tone curve, BS-Diff §3.2 contrast augmentation).
+The processing of real CR/DX images (unsharp masking, range compression, tone curves, CLAHE) is simulated in
+:mod:`cxrdecomp.simulate.processing`.
 
 Example:
     >>> aug = PairedAffine(rotation=10, shift=0.1, shear=5, zoom=0.1, hflip=0.5)
@@ -162,36 +162,6 @@ class PairedAffine:
 # ----------------------------------------------------------------------------------------------
 # intensity transforms and the deterministic zoom
 # ----------------------------------------------------------------------------------------------
-
-
-def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    xp = F.pad(x[None], (r, r, r, r), mode="reflect")
-    xp = F.conv2d(xp, k.view(1, 1, 1, -1))
-    xp = F.conv2d(xp, k.view(1, 1, -1, 1))
-    return xp[0]
-
-
-def sharpen(x: torch.Tensor, alpha: float = 0.5, sigma: float = 2.0) -> torch.Tensor:
-    """Unsharp masking ``x + α (x − blur_σ(x))`` (paper §2.3, α = 0.5). Linear. Shape ``(1, H, W)``."""
-    return x + alpha * (x - _gauss_blur(x, sigma))
-
-
-def compress_range(x: torch.Tensor, c: float, sigma_frac: float = 1 / 16) -> torch.Tensor:
-    """Dynamic-range compression of processed radiographs: ``x − c (blur(x) − mean(x))``.
-
-    The blur is a Gaussian of σ = ``sigma_frac`` × image size (computed at 1/8 resolution). Linear in
-    ``x``: applied to input and bone target alike it keeps ``x = soft + bone``. Shape ``(1, H, W)``.
-    """
-    if c == 0:
-        return x
-    h, w = x.shape[-2:]
-    small = F.interpolate(x[None], size=(max(8, h // 8), max(8, w // 8)), mode="area")[0]
-    low = F.interpolate(_gauss_blur(small, max(1.0, sigma_frac * h / 8))[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    return x - c * (low - x.mean())
 
 
 def zoom(x: torch.Tensor, factor: float, mode: str = "bilinear") -> torch.Tensor:

@@ -210,4 +210,149 @@ def write_derived_dicom(path, image, kind: str, method: str, source=None, name: 
     return DerivedStudy(source, name).write(path, image, kind, method, **kwargs)
 
 
-__all__ = ["DerivedStudy", "KINDS", "write_derived_dicom"]
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+"""SOP Class UID of the Digital X-Ray Image Storage – For Presentation."""
+DX_VIEW_CODES = {"PA": "399066004", "AP": "399348003"}
+"""SNOMED CT codes of the views (CID 4010 "DX View"): postero-anterior, antero-posterior."""
+
+
+def write_dx_image(
+    path: str | os.PathLike,
+    image,
+    *,
+    study: DerivedStudy,
+    series_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    imager_pixel_spacing: tuple[float, float],
+    image_type: tuple[str, ...] = ("DERIVED", "SECONDARY"),
+    view_position: str = "PA",
+    kvp: float | None = None,
+    sdd_mm: float | None = None,
+    source_to_patient_mm: float | None = None,
+    pixel_spacing: tuple[float, float] | None = None,
+    magnification: float | None = None,
+    photometric: str = "MONOCHROME2",
+    derivation: str = "",
+    comments: str = "",
+) -> Path:
+    """Write a display-domain image as a Digital X-Ray Image "for presentation" (DX IOD, PS3.3 A.26), atomically.
+
+    Pixels are 16-bit unsigned, ``v = round(65535·clip(image, 0, 1))`` stored as is for ``MONOCHROME2`` (air dark)
+    or inverted, ``65535 − v``, for ``MONOCHROME1`` (with PresentationLUTShape ``INVERSE``; both display the same).
+    Patient and study come from ``study`` (its source radiograph, or its placeholder study). Orientation: columns
+    toward the patient's left, rows toward the feet (``PatientOrientation L\\F``: radiological display).
+
+    Args:
+        path: output ``.dcm`` file.
+        image: ``(H, W)`` display-domain image in ``[0, 1]`` (bone bright).
+        study: the :class:`DerivedStudy` whose patient and study the instance joins.
+        series_instance_uid, series_number, instance_number, series_description: series and instance.
+        imager_pixel_spacing: ``(row, column)`` detector pitch in mm (ImagerPixelSpacing).
+        image_type: ImageType values.
+        view_position: ``"PA"`` or ``"AP"`` (ViewPosition and ViewCodeSequence).
+        kvp: tube voltage (KVP), ``None`` to leave it out (e.g. a monochromatic simulation).
+        sdd_mm, source_to_patient_mm: DistanceSourceToDetector and DistanceSourceToPatient (PS3.3: to the support or
+            bucky side closest to the patient, along the central ray).
+        pixel_spacing: ``(row, column)`` mm at the isocentre (PixelSpacing, calibration type GEOMETRY), optional.
+        magnification: EstimatedRadiographicMagnificationFactor (sdd / source–isocentre distance), optional.
+        photometric: ``"MONOCHROME2"`` or ``"MONOCHROME1"``.
+        derivation: DerivationDescription; comments: ImageComments.
+
+    Returns:
+        The path written.
+    """
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, not {photometric!r}")
+    px = to_uint16(image)
+    if photometric == "MONOCHROME1":
+        px = (np.uint16(65535) - px).astype(np.uint16)
+    ref = study._ref
+    now = datetime.datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = list(image_type)
+    ds.SOPClassUID = DX_FOR_PRESENTATION
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyDate, ds.StudyTime = ref.StudyDate, ref.StudyTime
+    ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = now.strftime("%H%M%S")
+    ds.AccessionNumber = ref.get("AccessionNumber", "")
+    ds.Modality = "DX"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = MANUFACTURER
+    ds.ReferringPhysicianName = ref.get("ReferringPhysicianName", "")
+    ds.StudyDescription = ref.get("StudyDescription", "")
+    ds.SeriesDescription = series_description[:64]
+    ds.ManufacturerModelName = "cxrdecomp drr"
+    ds.DerivationDescription = derivation[:1024]
+    ds.PatientName = ref.PatientName
+    ds.PatientID = ref.PatientID
+    ds.PatientBirthDate = ref.get("PatientBirthDate", "")
+    ds.PatientSex = ref.get("PatientSex", "")
+    ds.BodyPartExamined = "CHEST"
+    if kvp is not None:
+        ds.KVP = f"{float(kvp):.6g}"
+    ds.SoftwareVersions = _version()
+    if sdd_mm is not None:
+        ds.DistanceSourceToDetector = f"{float(sdd_mm):.6g}"
+    if source_to_patient_mm is not None:
+        ds.DistanceSourceToPatient = f"{float(source_to_patient_mm):.6g}"
+    ds.ImagerPixelSpacing = [f"{float(v):.6g}" for v in imager_pixel_spacing]
+    if magnification is not None:
+        ds.EstimatedRadiographicMagnificationFactor = f"{float(magnification):.6g}"
+    ds.DetectorType = ""
+    ds.PositionerType = ""
+    ds.ViewPosition = view_position
+    if view_position in DX_VIEW_CODES:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = DX_VIEW_CODES[view_position], "SCT", {
+            "PA": "postero-anterior", "AP": "antero-posterior"}[view_position]
+        code.ViewModifierCodeSequence = Sequence([])
+        ds.ViewCodeSequence = Sequence([code])
+    ds.StudyInstanceUID = ref.StudyInstanceUID
+    ds.SeriesInstanceUID = series_instance_uid
+    ds.StudyID = ref.get("StudyID", "")
+    ds.SeriesNumber = int(series_number)
+    ds.InstanceNumber = int(instance_number)
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageLaterality = "U"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "51185008", "SCT", "Chest"
+    ds.AnatomicRegionSequence = Sequence([region])
+    ds.AcquisitionContextSequence = Sequence([])
+    if comments:
+        ds.ImageComments = comments[:10240]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = (int(n) for n in px.shape)
+    if pixel_spacing is not None:
+        ds.PixelSpacing = [f"{float(v):.6g}" for v in pixel_spacing]
+        ds.PixelSpacingCalibrationType = "GEOMETRY"
+        ds.PixelSpacingCalibrationDescription = "source-isocentre geometry of the simulation"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.BurnedInAnnotation = "NO"
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME2" else 1  # high stored value = less X-ray
+    ds.WindowCenter, ds.WindowWidth = "32768", "65536"
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.LossyImageCompression = "00"
+    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
+    ds.PixelData = np.ascontiguousarray(px, dtype="<u2").tobytes()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+__all__ = ["DX_FOR_PRESENTATION", "DX_VIEW_CODES", "KINDS", "DerivedStudy", "write_derived_dicom", "write_dx_image"]

@@ -129,13 +129,10 @@ def prepare(ct, device=None, voxel_mm: float | None = None) -> AnatomyVolume:
     if f > 1:  # the bone group of a coarse voxel: the maximum (the most frequent would be exact; close enough)
         group = F.max_pool3d(group[None, None].float(), (f, f, 1), ceil_mode=True)[0, 0].to(torch.uint8)
         sp = (sp[0] * f, sp[1] * f, sp[2])
-    body = (vol[1] + vol[3]).sum(dim=(0, 2)) > 0.5 * vol.shape[3] * 0.1  # Y rows holding body tissue
-    ys = torch.nonzero(body).flatten()
-    if len(ys):
-        c = (vol.shape[2] - 1) / 2
-        half = float(max(abs(int(ys[0]) - c), abs(int(ys[-1]) - c)) * sp[1])
-    else:
-        half = vol.shape[2] * sp[1] / 2
+    rows = (vol[1] + vol[3]).sum(dim=(0, 2))  # tissue mass per coronal plane (Y)
+    ys = torch.nonzero(rows > 0.05 * rows.max()).flatten() if float(rows.max()) > 0 else torch.zeros(0)
+    c = (vol.shape[2] - 1) / 2
+    half = float(max(abs(int(ys[0]) - c), abs(int(ys[-1]) - c)) * sp[1]) if len(ys) else vol.shape[2] * sp[1] / 2
     return AnatomyVolume(vol.contiguous(), group, sp, half, str(getattr(ct, "source", "")))
 
 

@@ -25,9 +25,9 @@ of the same exposure.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from cxrdecomp.errors import InputError
+from cxrdecomp.simulate.processing import gaussian_blur
 
 GRID_SELECTIVITY = 0.2
 """Scatter transmission relative to primary transmission of a typical 10:1 chest grid (T_s/T_p ≈ 0.14/0.7)."""
@@ -36,28 +36,6 @@ GRID_SELECTIVITY = 0.2
 def _check(x: torch.Tensor, name: str = "intensity") -> None:
     if x.ndim != 4 or x.shape[1] != 1:
         raise InputError(f"{name} must be (N, 1, H, W), got shape {tuple(x.shape)}")
-
-
-def gaussian_blur(x: torch.Tensor, sigma_px: float, mode: str = "reflect") -> torch.Tensor:
-    """Separable Gaussian blur (MONAI's ``separable_filtering``) of ``(N, C, H, W)``; wide kernels at low resolution.
-
-    For σ > 8 px the image is area-downsampled so that σ is 4 px, blurred, and bilinearly upsampled (the result
-    is smooth at that scale, so the error is < 0.5 % of the signal). ``sigma_px ≤ 0`` returns ``x``.
-    """
-    if sigma_px <= 0:
-        return x
-    from monai.networks.layers.simplelayers import gaussian_1d, separable_filtering
-
-    h, w = x.shape[-2:]
-    f = int(sigma_px // 4) if sigma_px > 8 else 1
-    small = F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x
-    s = sigma_px / f
-    r = int(3 * s + 1)
-    if r >= min(small.shape[-2:]):  # reflect padding needs the image wider than the kernel radius
-        mode = "replicate"
-    k = gaussian_1d(torch.tensor(float(s)), truncated=3.0, normalize=True).to(x.device, x.dtype)
-    out = separable_filtering(small, [k, k], mode=mode)
-    return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if f > 1 else out
 
 
 def add_scatter(primary: torch.Tensor, spr: float, sigma_px: float, grid: bool = False, field: torch.Tensor | None = None,
