@@ -100,6 +100,8 @@ class SimulationDataModule(L.LightningDataModule):
         train_length, val_length: samples per epoch.
         seed: base seed.
         keys, rename: outputs per item and their item keys (see :class:`SimulatedSamples`).
+        anatomy_reuse, view_reuse: consecutive samples sharing one 3-D anatomy / one projection (speed; see
+            :class:`~cxrdecomp.simulate.pipeline.Simulator`).
         **simulator: :class:`~cxrdecomp.simulate.pipeline.Simulator` arguments (``target``, ``method``, ``des``,
             ``ranges``, ``anatomy_reuse``, ``device`` ...).
 
@@ -108,11 +110,12 @@ class SimulationDataModule(L.LightningDataModule):
 
     def __init__(self, cts=None, size: int = 256, batch_size: int = 8, num_workers: int = 0, train_length: int = 2000,
                  val_length: int = 64, seed: int = 0, keys: Sequence[str] = ("image", "soft_tissue", "bone", "lung_mask"),
-                 rename: dict[str, str] | None = None, **simulator) -> None:
+                 rename: dict[str, str] | None = None, anatomy_reuse: int = 64, view_reuse: int = 4, **simulator) -> None:
         super().__init__()
         self.cts, self.size, self.batch_size, self.num_workers = cts, int(size), int(batch_size), int(num_workers)
         self.train_length, self.val_length, self.seed, self.keys, self.simulator_kwargs = train_length, val_length, seed, tuple(keys), simulator
         self.rename = rename
+        self.simulator_kwargs.update(anatomy_reuse=anatomy_reuse, view_reuse=view_reuse)
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -213,9 +213,12 @@ def draw_physics(rng: np.random.Generator, r: PhysicsRanges = PhysicsRanges()) -
                          photons=round(ph, 1), electronic_sigma=u(*r.electronic_sigma), noise_seed=int(rng.integers(2**31)))
 
 
-def draw_sample(rng: np.random.Generator, base_anatomy: A.AnatomyParams, ranges: SimulationRanges = SimulationRanges()) -> SampleParams:
-    """One sample's parameters: the per-view habitus on top of ``base_anatomy``, then geometry, physics, processing."""
-    return SampleParams(A.draw_habitus(base_anatomy, rng, ranges.anatomy), draw_geometry(rng, ranges.geometry),
+def draw_sample(rng: np.random.Generator, base_anatomy: A.AnatomyParams, ranges: SimulationRanges = SimulationRanges(),
+                geometry: GeometryParams | None = None) -> SampleParams:
+    """One sample's parameters: the per-view habitus on top of ``base_anatomy``, then geometry (unless given),
+    physics and processing."""
+    g = draw_geometry(rng, ranges.geometry)
+    return SampleParams(A.draw_habitus(base_anatomy, rng, ranges.anatomy), geometry or g,
                         draw_physics(rng, ranges.physics), draw_processing(rng, ranges.processing))
 
 
@@ -227,12 +230,15 @@ class Simulator:
             lungs), or an already prepared :class:`~cxrdecomp.simulate.anatomy.AnatomyVolume`.
         size: detector pixels per side (256–1024).
         device: torch device (volume and rendering).
-        voxel_mm: in-plane voxel size of the prepared volume; default ≈ the detector pixel at the isocentre.
+        voxel_mm: in-plane voxel size of the prepared volume; default 1.3 × the detector pixel at the isocentre
+            (the CT is averaged down by the nearest integer factor; 2.1 mm for the example CT at 256²).
         target: bone replacement of the soft-tissue target, one of :data:`TARGETS`.
         method: projector method (``"shearwarp"`` fastest on CPU; ``"joseph"`` exact rays).
         des: also render the virtual dual-energy pair.
         ranges: randomisation ranges of :meth:`sample`.
-        anatomy_reuse: consecutive training samples that share one 3-D anatomy (its deformation costs ~1 s on CPU).
+        anatomy_reuse: consecutive training samples that share one 3-D anatomy (its deformation costs ~0.5–1 s on CPU).
+        view_reuse: consecutive samples that share one geometry and hence one projection (the projection is the
+            costliest step left; the samples still differ in habitus, nodules, physics, detector and processing).
         n_val_anatomies: size of the held-out bank of validation anatomies.
         cache: number of deformed volumes kept in memory.
 
@@ -242,7 +248,7 @@ class Simulator:
 
     def __init__(self, ct, size: int = 256, *, device=None, voxel_mm: float | None = None, target: str = "volume",
                  method: str = "shearwarp", des: bool = False, ranges: SimulationRanges | None = None, anatomy_reuse: int = 32,
-                 n_val_anatomies: int = 8, cache: int = 2, bin_kev: float = 4.0) -> None:
+                 view_reuse: int = 1, n_val_anatomies: int = 8, cache: int = 2, bin_kev: float = 4.0) -> None:
         if target not in TARGETS:
             raise ConfigError(f"target must be one of {TARGETS}, not {target!r}")
         if not 16 <= int(size) <= 4096:
@@ -251,11 +257,13 @@ class Simulator:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.ranges = ranges or SimulationRanges()
         self.anatomy_reuse, self.n_val_anatomies, self.cache_size, self.bin_kev = max(1, int(anatomy_reuse)), int(n_val_anatomies), int(cache), bin_kev
+        self.view_reuse = max(1, int(view_reuse))
+        self._projections: OrderedDict = OrderedDict()
         if isinstance(ct, A.AnatomyVolume):
             self.av = ct
         else:
             ext = max(ct.hu.shape[0] * ct.spacing[0], ct.hu.shape[2] * ct.spacing[2])
-            self.av = A.prepare(ct, self.device, voxel_mm if voxel_mm is not None else 0.9 * ext / self.size)
+            self.av = A.prepare(ct, self.device, voxel_mm if voxel_mm is not None else 1.3 * ext / self.size)
         self._volumes: OrderedDict = OrderedDict()
         self._spectra: dict = {}
 
@@ -269,8 +277,12 @@ class Simulator:
 
     def sample_params(self, index: int, seed: int = 0, split: str = "train") -> SampleParams:
         """All parameters of sample ``index`` of ``split`` (reproducible from (CT, index, seed))."""
-        rng = np.random.default_rng([int(seed), self._split(split), 0, int(index)])
-        return draw_sample(rng, self.anatomy_params(index, seed, split), self.ranges)
+        code = self._split(split)
+        rng = np.random.default_rng([int(seed), code, 0, int(index)])
+        geometry = None
+        if self.view_reuse > 1:  # consecutive samples share one projection: geometry from the view's own stream
+            geometry = draw_geometry(np.random.default_rng([int(seed), code, 2, int(index) // self.view_reuse]), self.ranges.geometry)
+        return draw_sample(rng, self.anatomy_params(index, seed, split), self.ranges, geometry)
 
     def sample(self, index: int, seed: int = 0, split: str = "train") -> dict[str, torch.Tensor]:
         """Render sample ``index`` (see :meth:`render`); ``out["params"]`` is the :class:`SampleParams`."""
@@ -329,10 +341,17 @@ class Simulator:
         """Stages 1–2: projected channels ``(1, 6, H, W)`` (g/cm² and cm, :data:`~cxrdecomp.simulate.anatomy.CHANNELS`)
         after the 2-D anatomy, the nodule mask ``(1, 1, H, W)`` and the detector."""
         det, pose, pix_iso = self.detector(p.geometry)
-        with torch.no_grad():
-            t = forward_project(self.volume(p.anatomy), pose, det, method=self.method).double()
-        if p.geometry.view == "AP":
-            t = t.flip(-1)  # back to the radiological display (patient's right on the viewer's left)
+        key = (p.anatomy.volume_key(), p.geometry)
+        if key in self._projections:
+            t = self._projections[key]
+        else:
+            with torch.no_grad():
+                t = forward_project(self.volume(p.anatomy), pose, det, method=self.method)
+            if p.geometry.view == "AP":
+                t = t.flip(-1)  # back to the radiological display (patient's right on the viewer's left)
+            self._projections[key] = t
+            while len(self._projections) > 2:
+                self._projections.popitem(last=False)
         t = A.add_habitus(t, p.anatomy, pix_iso)
         t, nodules = A.add_nodules(t, p.anatomy, pix_iso)
         return t, nodules, det
