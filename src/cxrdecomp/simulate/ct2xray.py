@@ -75,9 +75,9 @@ def polyenergetic_intensity(thickness: torch.Tensor, spec: Spectrum, bone_scale:
         k = spec.materials.index("bone")
         t = torch.cat([t[:, :k], t[:, k : k + 1] * s, t[:, k + 1 :]], 1)
     mu = spec.mu_rho.to(t.device, t.dtype)  # (M, E)
-    att = torch.einsum("bmhw,me->behw", t, mu)
-    w = spec.weights.to(t.device, t.dtype).view(1, -1, 1, 1)
-    return (w * torch.exp(-att)).sum(1, keepdim=True)
+    att = torch.einsum("bmhw,me->bhwe", t, mu)  # energies last: the spectral sum is one matrix-vector product
+    w = spec.weights.to(t.device, t.dtype)
+    return (att.neg_().exp_() @ w)[:, None]
 
 
 def add_poisson_noise(intensity: torch.Tensor, photons: float | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
