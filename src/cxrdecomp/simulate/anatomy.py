@@ -23,8 +23,9 @@ exact for the additive line integrals):
 * **Soft-tissue thickness**: an extra subcutaneous fat layer of ``ℓ`` mm adds ``2ℓ`` of adipose tissue
   along every ray through the body (front and back wall; approximation: constant, not the longer
   chords at the lateral edges).
-* **Breast shadows**: two half-ellipsoids of 50 % glandular / 50 % adipose tissue over the lower lung
-  fields (thickness profile ``T √(1 − r²)``, T 2–6 cm).
+* **Breast shadows**: two half-ellipsoids of 50 % glandular / 50 % adipose tissue over the lower lateral
+  lung fields, thickest at their lower edge (profile ``T √(1 − r²)`` × a ramp towards the lower edge, cut off
+  below it; T 2–6 cm).
 * **Synthetic nodules**: spheres of soft tissue (solid or part-solid, density factor 0.3–1) inside the
   lung fields, replacing parenchyma along their chords ``2√(r² − ρ²)``; their 2-D masks are targets of
   the lung method (the lung-structure paper's nodule-weighted loss).
@@ -306,11 +307,13 @@ def add_habitus(t: torch.Tensor, p: AnatomyParams, pixel_mm: float) -> torch.Ten
                 continue
             r0, r1, c0, c1 = (int(v) for v in (rows[0], rows[-1], cols[0], cols[-1]))
             a = half_w * w
-            for side in (0.25, 0.75):
-                cr, cc = r0 + 0.85 * (r1 - r0), c0 + side * (c1 - c0)
+            for side in (0.2, 0.8):  # over the lower lateral lung fields, the lower edge near the diaphragm
+                cr, cc = r0 + 0.95 * (r1 - r0), c0 + side * (c1 - c0)
                 rr = torch.arange(h, device=t.device, dtype=t.dtype).view(-1, 1) - cr
                 cc_ = torch.arange(w, device=t.device, dtype=t.dtype).view(1, -1) - cc
-                prof = (1 - (rr / (0.8 * a)) ** 2 - (cc_ / a) ** 2).clamp(min=0).sqrt() * body[n]
+                # half-ellipsoid seen from the front, thickest at its lower edge (a pendant breast), nothing below it
+                disc = (1 - (rr / (0.9 * a)) ** 2 - (cc_ / a) ** 2).clamp(min=0).sqrt()
+                prof = disc * ((rr + 0.9 * a) / (1.8 * a)).clamp(0, 1) * (rr <= 0.2 * a) * body[n]
                 t[n, 1] += 0.5 * thick_cm * 1.0 * prof
                 t[n, 3] += 0.5 * thick_cm * ADIPOSE_DENSITY * prof
     return t

@@ -182,7 +182,7 @@ class PhysicsRanges:
     scatter_sigma_mm: tuple[float, float] = (30.0, 90.0)
     grid_p: float = 0.6
     mtf_sigma_px: tuple[float, float] = (0.0, 1.0)
-    photons: tuple[float, float] = (3e3, 3e5)  # log-uniform
+    photons: tuple[float, float] = (1e4, 1e6)  # log-uniform; per detector pixel at the simulated size
     electronic_sigma: tuple[float, float] = (0.0, 5.0)
 
 
