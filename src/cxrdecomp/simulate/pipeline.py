@@ -38,7 +38,8 @@ Stages (ranges: :class:`SimulationRanges`; each documented in docs/simulation.md
    * ``t_bone``, ``t_tissue``: mass thicknesses in g/cm² (XraySyn's t_bone and t_tissue = soft + lung + fat).
    * ``field``: the exposed (non-collimated) area.
    * ``des_soft``, ``des_bone`` (``des=True``): virtual dual-energy subtraction images (60/120 kVp,
-     :func:`cxrdecomp.simulate.ct2xray.dual_energy`) on the image's linear window.
+     :func:`cxrdecomp.simulate.ct2xray.dual_energy`) on the linear window of the 120 kVp log image
+     (``des_soft + des_bone`` is that image in the display domain).
 
 Reproducible: :meth:`Simulator.sample` draws every parameter from ``numpy.random.default_rng([seed, split,
 stream, index])``; training anatomies (``split="train"``) and the held-out bank of validation anatomies
@@ -417,8 +418,9 @@ class Simulator:
             low = self.spectrum(replace(ph, kvp=60.0, filtration_mm_al=2.5, energy_kev=0.0))
             high = self.spectrum(replace(ph, kvp=120.0, filtration_mm_al=2.5, energy_kev=0.0))
             de = dual_energy(mats, low, high)
-            out["des_soft"] = ((de["soft_tissue"].float() - lo) / scale)
-            out["des_bone"] = de["bone"].float() / scale
+            dlo, dhi = display_window(de["high"].float()[fld].view(1, 1, 1, -1), *p.processing.window)  # the DES unit's own window
+            out["des_soft"] = (de["soft_tissue"].float() - dlo) / (dhi - dlo)
+            out["des_bone"] = de["bone"].float() / (dhi - dlo)
         return {k: v[0] for k, v in out.items()}
 
 

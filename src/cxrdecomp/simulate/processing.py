@@ -243,7 +243,7 @@ class ProcessingRanges:
     """
 
     window_lo: tuple[float, float] = (0.0, 0.02)
-    window_hi: tuple[float, float] = (0.98, 1.0)
+    window_hi: tuple[float, float] = (0.995, 1.0)  # real films rarely clip the mediastinum and spine
     mce_p: float = 0.7
     mce_levels: tuple[int, int] = (1, 3)
     mce_gain: tuple[float, float] = (0.0, 1.5)
