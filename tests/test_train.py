@@ -119,6 +119,45 @@ def test_train_online_on_a_users_ct(tmp_path):
         train(_opts(online=True, data=tmp_path, out=tmp_path / "r"))
 
 
+def test_resume_keeps_history_and_survives_a_broken_last_link(simdir, tmp_path, capsys):
+    """metrics.csv keeps the first run's rows after a resume; a last.ckpt link to a missing file falls back to the
+    newest checkpoint left (with a message) instead of silently starting again."""
+    import csv as _csv
+
+    from cxrdecomp.methods.bone_unet.module import train
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    train(_opts(data=simdir, out=run, max_steps=-1, epochs=1))
+    first = list(_csv.DictReader(open(run / "logs" / "metrics.csv")))
+    assert first and {r["epoch"] for r in first if r.get("epoch")} == {"0"}
+    train(_opts(data=simdir, out=run, max_steps=-1, epochs=2))
+    rows = list(_csv.DictReader(open(run / "logs" / "metrics.csv")))
+    assert {r["epoch"] for r in rows if r.get("epoch")} == {"0", "1"} and len(rows) > len(first)
+    # break the link: last.ckpt → a file that is gone
+    target = (run / "last.ckpt").resolve()
+    newest = max((p for p in run.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime)
+    (run / "last.ckpt").unlink()
+    (run / "last.ckpt").symlink_to(run / "epoch=99-step=9999.ckpt")
+    capsys.readouterr()
+    folder = train(_opts(data=simdir, out=run, max_steps=-1, epochs=3))
+    err = capsys.readouterr().err
+    assert f"resuming from the newest checkpoint {newest.name}" in err and target.name == newest.name
+    steps_per_epoch = int(first[-1]["step"]) + 1 if first[-1].get("step") else None
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["training"]["epochs"] == 3  # continued from epoch 2, not restarted at 0
+    assert steps_per_epoch is None or cfg["training"]["global_step"] >= 3 * (steps_per_epoch - 1)
+
+
+def test_checkpoints_within_an_epoch(simdir, tmp_path):
+    from cxrdecomp.methods.bone_unet.module import train
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    train(_opts(data=simdir, out=run, batch_size=1, max_steps=4, epochs=1, checkpoint_minutes=1e-6))
+    assert list(run.glob("within-epoch=0-step=*.ckpt")), sorted(p.name for p in run.iterdir())
+
+
 def test_train_missing_data(tmp_path):
     from cxrdecomp.methods.bone_unet.module import train
 

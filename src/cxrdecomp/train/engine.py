@@ -4,12 +4,14 @@ A method supplies a :class:`MethodModule` (a ``LightningModule`` whose ``net`` a
 network the registry builds), data loaders and its options (a :class:`~cxrdecomp.train.TrainOptions`);
 :func:`fit` does the rest:
 
-* ``OUT/last.ckpt`` (Lightning state, written at the end of every epoch; a link to the newest
-  ``epoch=N-step=M.ckpt``) — rerunning the same command resumes from it after a kill;
+* ``OUT/last.ckpt`` (Lightning state, written at the end of every epoch and every ``checkpoint_minutes`` inside
+  one; a link to the newest ``epoch=N-step=M.ckpt`` / ``within-epoch=N-step=M.ckpt``) — rerunning the same
+  command resumes from it after a kill (from the newest checkpoint file, with a message, if the link is broken);
 * an optional wall-time budget (``max_minutes``, kept across resumes in the Lightning checkpoint) after
   which training stops cleanly and the model is exported; it also drives :meth:`MethodModule.progress`,
   the input of the LR schedules of :mod:`cxrdecomp.train.schedules`;
-* ``OUT/logs/`` CSV and TensorBoard logs; a progress bar;
+* ``OUT/logs/`` CSV and TensorBoard logs (``metrics.csv`` keeps the rows of every resumed run; steps redone after
+  a kill appear twice, the later row counts); a progress bar;
 * ``OUT/model/`` — the exported checkpoint folder (safetensors + config.json + MODEL_CARD.md),
   loadable with ``Decomposer.from_pretrained(OUT/"model")``, written once per run;
 * CPU or CUDA, one or many GPUs / nodes (``devices``, ``num_nodes``; DDP strategy).
@@ -17,6 +19,8 @@ network the registry builds), data loaders and its options (a :class:`~cxrdecomp
 
 from __future__ import annotations
 
+import csv
+import datetime
 import json
 import shlex
 import sys
@@ -130,6 +134,28 @@ class MethodModule(L.LightningModule):
         return "\n".join(lines)
 
 
+def _appending_csv_logger(folder: Path):
+    """Lightning's ``CSVLogger`` deletes ``metrics.csv`` when it starts; this one keeps the rows of earlier (resumed)
+    runs and appends to them under the same header."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is not None:
+                return self._experiment
+            path = Path(self.log_dir) / "metrics.csv"
+            kept = path.read_bytes() if path.is_file() else None
+            exp = super().experiment  # creates the writer, which removes the file
+            if kept:
+                path.write_bytes(kept)
+                with open(path, newline="") as f:
+                    exp.metrics_keys = list(next(csv.reader(f), []))
+            return exp
+
+    return AppendingCSVLogger(folder, name="", version="")
+
+
 def make_trainer(
     out: Path,
     *,
@@ -139,28 +165,53 @@ def make_trainer(
     progress: bool = True,
     val_every: int = 1,
     log_every: int = 10,
+    checkpoint_minutes: float = 0.0,
     **lightning: Any,
 ) -> L.Trainer:
-    """The Lightning ``Trainer`` of every method: checkpoints every epoch (``last.ckpt`` link), CSV and
-    TensorBoard logs under ``out/logs``, DDP when more than one device or node.
+    """The Lightning ``Trainer`` of every method: checkpoints every epoch and every ``checkpoint_minutes`` of training
+    (``last.ckpt`` links to the epoch-end one, ``within-epoch=N-step=M.ckpt`` the timed one), CSV (appending across resumes) and TensorBoard logs under ``out/logs``, DDP
+    when more than one device or node.
 
     ``lightning`` holds further ``lightning.Trainer`` arguments (``max_epochs``, ``max_steps``, ``accelerator``,
     ``precision``, ``limit_val_batches`` ...).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = ModelCheckpoint(dirpath=out, save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
     ckpt.CHECKPOINT_NAME_LAST = "last"
-    loggers = [CSVLogger(out / "logs", name="", version=""), TensorBoardLogger(out / "logs", name="", version="")]
+    callbacks = [ckpt]
+    if checkpoint_minutes and checkpoint_minutes > 0:
+        timed = ModelCheckpoint(dirpath=out, filename="within-{epoch}-{step}", save_last=False, save_top_k=1,
+                                train_time_interval=datetime.timedelta(minutes=float(checkpoint_minutes)))
+        callbacks.append(timed)
+    loggers = [_appending_csv_logger(out / "logs"), TensorBoardLogger(out / "logs", name="", version="")]
     if strategy == "auto" and (devices not in (1, "1") or num_nodes > 1):
         strategy = "ddp"
     return L.Trainer(
-        default_root_dir=out, devices=devices, num_nodes=num_nodes, strategy=strategy, callbacks=[ckpt], logger=loggers,
+        default_root_dir=out, devices=devices, num_nodes=num_nodes, strategy=strategy, callbacks=callbacks, logger=loggers,
         enable_progress_bar=progress, check_val_every_n_epoch=val_every, log_every_n_steps=log_every,
         enable_model_summary=False, **lightning,
     )
+
+
+def resume_checkpoint(out: Path) -> Path | None:
+    """The checkpoint a rerun resumes from: the newest of ``OUT/last.ckpt`` (the end of the last epoch) and the
+    within-epoch checkpoint written since; if ``last.ckpt`` points to a missing file, the newest ``OUT/*.ckpt`` left,
+    with a message on stderr. ``None`` when there is none."""
+    last = out / LAST
+    others = sorted((p for p in out.glob("*.ckpt") if p.name != LAST and p.is_file()), key=lambda p: p.stat().st_mtime)
+    if last.is_file():
+        newest = others[-1] if others else last
+        return newest if newest.stat().st_mtime > last.stat().st_mtime and newest.resolve() != last.resolve() else last
+    if last.is_symlink() or others:
+        target = f" → {last.readlink()}" if last.is_symlink() else ""
+        if others:
+            print(f"{last}{target} is missing; resuming from the newest checkpoint {others[-1].name}", file=sys.stderr)
+            return others[-1]
+        print(f"{last}{target} is missing and no other checkpoint is left in {out}; starting afresh", file=sys.stderr)
+    return None
 
 
 def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -199,13 +250,14 @@ def fit(
         accelerator=options.accelerator, devices=options.devices_value, num_nodes=int(options.num_nodes),
         strategy=options.strategy, precision=options.precision, progress=bool(options.progress),
         val_every=int(options.val_every), log_every=max(1, min(50, n_batches)),
+        checkpoint_minutes=float(getattr(options, "checkpoint_minutes", 0.0) or 0.0),
     )
     kw.update(trainer_kwargs)
     trainer = make_trainer(out, **kw)
-    last = out / LAST
-    ckpt_path = str(last) if (options.resume and last.is_file()) else None
+    found = resume_checkpoint(out) if options.resume else None
+    ckpt_path = str(found) if found is not None else None
     if ckpt_path and trainer.is_global_zero:
-        print(f"resuming from {last}", file=sys.stderr)
+        print(f"resuming from {found}", file=sys.stderr)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
     metrics = _val_metrics(trainer)
     if not metrics and val_loader is not None:

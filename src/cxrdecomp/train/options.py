@@ -53,6 +53,7 @@ class TrainOptions:
     val_every: int = option(1, "Validate every N epochs.")
     progress: bool = option(True, "Show a progress bar.")
     resume: bool = option(True, "Resume from OUT/last.ckpt when present.")
+    checkpoint_minutes: float = option(10.0, "Also checkpoint every N minutes of training inside an epoch (0: at epoch ends only).")
 
     def replace(self, **changes: Any) -> "TrainOptions":
         """A copy with some options changed."""
