@@ -181,3 +181,23 @@ def test_identity_baseline_of_the_data_readme():
     assert round(float(np.mean(psnr)), 2) == 38.44
     assert np.mean(psnr255) == pytest.approx(np.mean(psnr), rel=1e-12)
     assert round(float(np.mean(ssim7)), 4) == 0.9910
+
+
+def test_tone_matched_bsr():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(2, 1, 32, 32, generator=g)  # the truth
+    bone = torch.zeros_like(s)
+    bone[..., 8:12, :] = 0.3
+    i = s + bone  # the radiograph
+    x = 2.0 * s + 3.0
+    assert torch.allclose(M.tone_match(x, s), s, atol=1e-6)  # a linear tone is undone exactly
+    assert torch.allclose(M.tone_match(torch.full_like(s, 4.0), s), s.mean(dim=(1, 2, 3), keepdim=True).expand_as(s))
+    identity = M.bsr_tone_matched(i, s, i)
+    assert identity.abs().max() < 1e-9
+    perfect_other_tone = 0.5 * s + 0.1  # right anatomy, other tone: raw BSR punishes it, tone-matched does not
+    assert (M.bsr(perfect_other_tone, s, i) < 0).all()
+    assert (M.bsr_tone_matched(perfect_other_tone, s, i) - 1).abs().max() < 1e-9
+    half = s + 0.5 * bone
+    tm = M.bsr_tone_matched(half, s, i)
+    assert ((tm > 0.5) & (tm < 0.9)).all()  # half the bone left: between identity and perfect
+    assert isinstance(M.bsr_tone_matched(half[0, 0], s[0, 0], i[0, 0]), float)

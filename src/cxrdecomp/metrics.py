@@ -40,6 +40,8 @@ __all__ = [
     "dice",
     "bsr",
     "bsr_bsldm",
+    "bsr_tone_matched",
+    "tone_match",
     "rmae",
     "MS_SSIM_WEIGHTS",
     "ms_ssim_min_size",
@@ -373,6 +375,40 @@ def bsr(pred_soft, true_soft, image, mask=None):
     den = (((i - t) ** 2) * mm).sum(dim=(1, 2, 3))
     v = torch.where(den > 0, 1.0 - num / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
     return _out(v, single)
+
+
+def tone_match(x, target, mask=None):
+    """``a·x + b`` with ``(a, b)`` the least-squares fit of ``x`` onto ``target`` per image (over ``mask`` if given).
+
+    Shapes ``(B, 1, H, W)`` or ``(H, W)``; returns the same shape as ``x``. A constant ``x`` gets ``a = 0`` (its
+    best constant, the target's mean).
+    """
+    (xx, tt, m), single = _pair(x, target, mask, names=("x", "target", "mask"))
+    dtype = x.dtype if isinstance(x, torch.Tensor) else xx.dtype
+    xx, tt = xx.double(), tt.double()
+    mm = _mask(m, tt)
+    n = mm.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
+    mx = (xx * mm).sum(dim=(1, 2, 3), keepdim=True) / n
+    mt = (tt * mm).sum(dim=(1, 2, 3), keepdim=True) / n
+    var = (((xx - mx) ** 2) * mm).sum(dim=(1, 2, 3), keepdim=True)
+    cov = ((xx - mx) * (tt - mt) * mm).sum(dim=(1, 2, 3), keepdim=True)
+    a = torch.where(var > 0, cov / var.clamp_min(1e-300), torch.zeros_like(var))
+    out = (a * (xx - mx) + mt).to(dtype)
+    return out[0, 0] if single else out
+
+
+def bsr_tone_matched(pred_soft, true_soft, image, mask=None):
+    """Tone-matched bone suppression ratio: :func:`bsr` after a per-image linear tone fit onto the truth of both
+    the prediction and the identity,
+
+    ``BSR_tm = 1 − Σ (T_p(Ŝ) − S)² / Σ (T_i(I) − S)²``, ``T(x) = a·x + b`` least squares (:func:`tone_match`).
+
+    For truths processed differently from their radiographs (dual-energy soft-tissue images with their own tone:
+    ``../shared/data/des-dev``), raw BSR mostly measures tone; this one measures what is left: identity 0, perfect 1
+    (up to tone). Shapes and errors as :func:`bsr`; the fits use ``mask`` too when given.
+    """
+    (p, t, i, m), single = _pair(pred_soft, true_soft, image, mask)
+    return _out(bsr(tone_match(p, t, m), t, tone_match(i, t, m), m), single)
 
 
 def bsr_bsldm(pred_soft, true_soft, image, mask=None):

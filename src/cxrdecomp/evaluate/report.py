@@ -48,7 +48,7 @@ PUBLISHED = [
 ]
 
 PAGE_COLUMNS = [("psnr", "PSNR dB", 2), ("ssim", "SSIM", 4), ("ssim_uniform7", "SSIM u7", 4), ("ms_ssim", "MS-SSIM", 4),
-                ("bsr", "BSR", 3), ("bsr_bsldm", "BSR (BS-LDM code)", 3), ("rmae", "RMAE", 4), ("rmse", "RMSE x255", 2),
+                ("bsr", "BSR", 3), ("bsr_tm", "BSR tone-matched", 3), ("bsr_bsldm", "BSR (BS-LDM code)", 3), ("rmae", "RMAE", 4), ("rmse", "RMSE x255", 2),
                 ("mae", "MAE", 4)]
 
 

@@ -35,12 +35,13 @@ METRIC_INFO: dict[str, str] = {
     "ms_ssim": "MS-SSIM, Wang et al. 2003, 5 scales, weights 0.0448 0.2856 0.3001 0.2363 0.1333 (NaN below 161 px)",
     "bsr": "bone suppression ratio, Yang et al. 2017: 1 - sum (S^-S)^2 / sum (I-S)^2; identity 0, perfect 1",
     "bsr_bsldm": "BS-LDM/GL-LCM code's BSR: prediction mean-shifted onto the truth, only positive residuals counted",
+    "bsr_tm": "tone-matched BSR: bsr after a per-image least-squares a*x+b fit onto the truth of prediction and identity alike",
     "rmae": "relative MAE of the bone image I-S^ vs I-S, divided by the span of the true bone image",
     "bsr_lung": "bsr inside the lung mask",
     "bsr_bsldm_lung": "bsr_bsldm inside the lung mask",
     "mae_lung": "mae inside the lung mask",
 }
-METRICS = ["rmse", "mae", "mse", "psnr", "ssim", "ssim_uniform7", "ms_ssim", "bsr", "bsr_bsldm", "rmae"]
+METRICS = ["rmse", "mae", "mse", "psnr", "ssim", "ssim_uniform7", "ms_ssim", "bsr", "bsr_tm", "bsr_bsldm", "rmae"]
 LUNG_METRICS = ["bsr_lung", "bsr_bsldm_lung", "mae_lung"]
 
 
@@ -132,7 +133,7 @@ def score_images(pred: np.ndarray, truth: np.ndarray, image: np.ndarray, mask: n
         "psnr": M.psnr(p, t, data_range=1.0),
         "ssim": M.ssim(p, t, data_range=1.0),
         "ssim_uniform7": M.ssim(p, t, data_range=1.0, gaussian=False),
-        "bsr": M.bsr(p, t, i), "bsr_bsldm": M.bsr_bsldm(p, t, i),
+        "bsr": M.bsr(p, t, i), "bsr_tm": M.bsr_tone_matched(p, t, i), "bsr_bsldm": M.bsr_bsldm(p, t, i),
         "rmae": M.rmae(i - p, i - t),
     }
     if min(t.shape[-2:]) >= M.ms_ssim_min_size():
