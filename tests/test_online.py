@@ -65,17 +65,23 @@ class _Recorder(L.LightningModule):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.seen: dict[int, list[int]] = {}
 
+        self.validated: dict[int, list[float]] = {}
+
     def training_step(self, batch, i):
         self.seen.setdefault(self.current_epoch, []).extend(batch["index"].tolist())
         return (self.w * batch["image"].mean()).sum()
+
+    def validation_step(self, batch, i):
+        self.validated.setdefault(self.current_epoch, []).extend(batch["image"].flatten(1).sum(1).tolist())
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_lightning_gives_fresh_samples_every_epoch(tmp_path):
+def test_lightning_gives_fresh_training_samples_and_fixed_validation_samples_every_epoch(tmp_path):
     dm, m = _dm(), _Recorder()
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False, default_root_dir=tmp_path)
+                        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=tmp_path)
     trainer.fit(m, datamodule=dm)
     assert m.seen[0] == list(range(6)) and m.seen[1] == list(range(6, 12))
+    assert len(m.validated[0]) == 4 and m.validated[0] == m.validated[1]  # the same held-out samples every epoch

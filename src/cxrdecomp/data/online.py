@@ -64,14 +64,16 @@ class SimulatedSamples(Dataset):
 class EpochSampler(Sampler[int]):
     """Global indices ``epoch·length + i`` for ``i`` in ``range(rank, length, world_size)`` (module docstring).
 
-    ``rank`` / ``world_size`` default to the initialised ``torch.distributed`` group at iteration time.
+    ``rank`` / ``world_size`` default to the initialised ``torch.distributed`` group at iteration time. ``fixed=True``
+    ignores ``set_epoch`` (validation: the same samples every epoch).
     """
 
-    def __init__(self, length: int, rank: int | None = None, world_size: int | None = None) -> None:
-        self.length, self.epoch, self._rank, self._world = int(length), 0, rank, world_size
+    def __init__(self, length: int, rank: int | None = None, world_size: int | None = None, fixed: bool = False) -> None:
+        self.length, self.epoch, self._rank, self._world, self.fixed = int(length), 0, rank, world_size, bool(fixed)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        if not self.fixed:
+            self.epoch = int(epoch)
 
     def _dist(self) -> tuple[int, int]:
         if self._rank is not None:
@@ -144,4 +146,4 @@ class SimulationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, self.batch_size, shuffle=False, num_workers=self.num_workers,
-                           sampler=EpochSampler(self.val_length))
+                           sampler=EpochSampler(self.val_length, fixed=True))
