@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -177,3 +178,23 @@ def test_check_ct_refuses_bad_volumes():
     with pytest.raises(InputError, match="single slice"):
         check_ct(dataclasses.replace(ct, hu=ct.hu[:, :, :1]))
     check_ct(ct)
+
+
+def test_nodule_and_fat_layer_thicknesses_are_analytic():
+    """A nodule of diameter d adds f·1.03·d g/cm² of soft tissue on its central ray (a disc of area π(d/2)² on the
+    detector) and removes the parenchyma it displaces; a fat layer ℓ adds 2ℓ of adipose tissue through the body."""
+    h = w = 64
+    pix = 2.0  # mm at the isocentre
+    t = torch.zeros(1, 6, h, w, dtype=torch.float64)
+    t[:, 1] = 10.0  # soft tissue g/cm² everywhere: all body
+    t[:, 2, 8:56, 8:56] = 0.25 * 20.0  # 20 cm of lung at 0.25 g/cm³
+    t[:, 5, 8:56, 8:56] = 20.0
+    p = A.AnatomyParams(nodules=((0.5, 0.5, 40.0, 0.8),), fat_layer_mm=15.0)
+    out, mask = A.add_nodules(t, p, pix)
+    r, c = torch.nonzero(mask[0, 0]).float().mean(0).round().long().tolist()
+    assert out[0, 1, r, c].item() == pytest.approx(10.0 + 0.8 * 1.03 * 4.0, rel=1e-3)  # 40 mm chord = 4 cm
+    assert out[0, 2, r, c].item() == pytest.approx(5.0 - 0.25 * 4.0, rel=1e-3)
+    assert mask.sum().item() == pytest.approx(math.pi * (20.0 / pix) ** 2, rel=0.05)
+    assert torch.equal(out[0, 1][mask[0, 0] == 0], t[0, 1][mask[0, 0] == 0])
+    fat = A.add_habitus(t, p, pix)
+    assert torch.allclose(fat[:, 3], torch.full_like(fat[:, 3], 2 * 1.5 * 0.95))
