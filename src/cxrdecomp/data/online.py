@@ -112,7 +112,7 @@ class SimulationDataModule(L.LightningDataModule):
 
     def __init__(self, cts=None, size: int = 256, batch_size: int = 8, num_workers: int = 0, train_length: int = 2000,
                  val_length: int = 64, seed: int = 0, keys: Sequence[str] = ("image", "soft_tissue", "bone", "lung_mask"),
-                 rename: dict[str, str] | None = None, anatomy_reuse: int = 64, view_reuse: int = 4, **simulator) -> None:
+                 rename: dict[str, str] | None = None, anatomy_reuse: int = 64, view_reuse: int = 8, **simulator) -> None:
         super().__init__()
         self.cts, self.size, self.batch_size, self.num_workers = cts, int(size), int(batch_size), int(num_workers)
         self.train_length, self.val_length, self.seed, self.keys, self.simulator_kwargs = train_length, val_length, seed, tuple(keys), simulator
