@@ -14,13 +14,8 @@ import pytest
 from cxrdecomp.errors import ConfigError
 from cxrdecomp.io.ct import CTVolume
 from cxrdecomp.physics.materials import hu_to_density, mass_attenuation
-from cxrdecomp.simulate.drr import (
-    DRRParams,
-    DRRRenderer,
-    parse_sweep,
-    render_drr,
-    write_drr,
-)
+from cxrdecomp.io.drr_out import write_drr
+from cxrdecomp.simulate.drr import DRRParams, DRRRenderer, parse_sweep, render_drr
 
 AIR = -1024.0  # density 0 g/cm³ (DeepDRR's conversion clamps it): only the phantom attenuates
 

@@ -87,6 +87,7 @@ def drr_cmd(
     cpu_setup(threads)
     from cxrdecomp.errors import ConfigError
     from cxrdecomp.io import ct as ctio
+    from cxrdecomp.io import drr_out as O
     from cxrdecomp.simulate import drr as D
 
     # every option first, then the output folder, then the CT: nothing is written before all are valid
@@ -105,8 +106,8 @@ def drr_cmd(
         scatter_sigma_mm=scatter_sigma, grid=grid, photons=photons, electronic_sigma=electronic_noise, seed=seed,
         mtf_sigma_px=blur, processing=processing, target=target, outputs=_names(outputs), device=device, method=method,
     )
-    formats, photometric = D.check_formats(_names(fmt), photometric)
-    D.check_out_dir(out)
+    formats, photometric = O.check_formats(_names(fmt), photometric)
+    O.check_out_dir(out)
     if example:
         volume = ctio.example_ct()
     else:
@@ -129,10 +130,10 @@ def drr_cmd(
         progress = Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                             console=Console(stderr=True), transient=False)
         with progress:
-            paths = D.write_drr(progress.track(views, total=len(renderer)), out, formats, photometric, ct=volume)
+            paths = O.write_drr(progress.track(views, total=len(renderer)), out, formats, photometric, ct=volume)
     else:
-        paths = D.write_drr(views, out, formats, photometric, ct=volume)
+        paths = O.write_drr(views, out, formats, photometric, ct=volume)
     skipped = [o for o in params.outputs if not any(p.name.startswith(o + ".") or p.name.startswith(o + "_") for p in paths)]
     if skipped:
         say(f"note: {', '.join(skipped)} not written: {'/'.join(formats)} store(s) display-domain images only; add --format tiff or nifti")
-    typer.echo(f"{len(renderer)} view(s), {len(paths) - 1} file(s) in {out}; parameters in {out / D.PARAMS_FILE}")
+    typer.echo(f"{len(renderer)} view(s), {len(paths) - 1} file(s) in {out}; parameters in {out / O.PARAMS_FILE}")
