@@ -195,3 +195,22 @@ def test_simulate_folder_format(tiny_ckpt, tmp_path):
     s = ev.evaluate_simulated(sim, tmp_path / "out2", checkpoint=tiny_ckpt, split="ct:0", progress=False)
     assert s["n_images"] == 4
     assert s["results"]["identity"]["bsr"]["mean"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_edited_field_finds_the_region_where_the_soft_tissue_image_was_edited():
+    """BSE-JSRT changes pixels only inside the lung fields: two disc-shaped 'lungs' with rib stripes removed."""
+    from cxrdecomp.data.pairs import edited_field
+
+    n = 256
+    yy, xx = np.mgrid[:n, :n]
+    lungs = ((xx - 80) ** 2 + (yy - 128) ** 2 < 50**2) | ((xx - 176) ** 2 + (yy - 128) ** 2 < 50**2)
+    rng = np.random.default_rng(0)
+    soft = 0.4 + 0.05 * rng.random((n, n)).astype(np.float32)
+    ribs = ((yy // 12) % 2 == 0) & lungs
+    cxr = soft + 0.08 * ribs
+    cxr[lungs & ~ribs] += (rng.random(int((lungs & ~ribs).sum())) < 0.3) / 255.0  # the editor's noise between the ribs
+    m = edited_field(cxr, soft)
+    iou = (m & lungs).sum() / (m | lungs).sum()
+    assert iou > 0.9
+    assert not m[:, :20].any() and not m[:20].any()  # nothing outside
+    assert not edited_field(soft, soft).any()

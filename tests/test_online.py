@@ -85,3 +85,36 @@ def test_lightning_gives_fresh_training_samples_and_fixed_validation_samples_eve
     trainer.fit(m, datamodule=dm)
     assert m.seen[0] == list(range(6)) and m.seen[1] == list(range(6, 12))
     assert len(m.validated[0]) == 4 and m.validated[0] == m.validated[1]  # the same held-out samples every epoch
+
+
+class _Real:
+    """Two real 'pairs' of constant value, their lung field the left half."""
+
+    def __len__(self):
+        return 2
+
+    def item(self, i, generator=None):
+        x = torch.full((1, 24, 24), 0.5 + 0.1 * i) + 0.01 * torch.rand((1, 24, 24), generator=generator)
+        field = torch.zeros(1, 24, 24)
+        field[..., :12] = 1
+        return {"x": x, "bone": torch.zeros_like(x), "soft": x, "field": field}
+
+
+def test_mixed_samples_replace_every_nth_sample_and_stay_a_function_of_the_index():
+    from cxrdecomp.data.online import MixedSamples
+
+    sim = SimulatedSamples([Simulator(_ct(), 24, anatomy_reuse=2)], 6, keys=("image", "bone"), rename={"image": "x"})
+    ds = MixedSamples(sim, _Real(), every=3)
+    items = [ds[g] for g in range(6)]
+    real = [g for g in range(6) if items[g]["field"].mean() < 1]
+    assert real == [2, 5]
+    assert torch.equal(items[0]["x"], sim[0]["x"]) and items[0]["field"].min() == 1  # simulated: all of it holds
+    assert abs(float(items[2]["x"].mean()) - 0.505) < 0.01 and abs(float(items[5]["x"].mean()) - 0.605) < 0.01  # pairs 0, 1
+    assert torch.equal(ds[5]["x"], items[5]["x"]) and not torch.equal(ds[8]["x"], items[5]["x"])  # reproducible, fresh noise
+    assert set(items[2]) == set(items[0]) == {"x", "bone", "field", "index"}
+    import pytest
+
+    from cxrdecomp.errors import InputError
+
+    with pytest.raises(InputError, match="2 or more"):
+        MixedSamples(sim, _Real(), every=1)

@@ -281,3 +281,49 @@ def test_ddp_two_processes_cpu(simdir, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     cfg = json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())
     assert "x2" in cfg["training"]["device"]
+
+
+def test_bone_loss_counts_only_the_field_where_the_target_holds():
+    from cxrdecomp.methods.bone_unet.module import BoneUNetModule
+    from cxrdecomp.methods.bone_unet.predict import bone_to_target, normalize
+
+    torch.manual_seed(0)
+    m = BoneUNetModule(size=32, base=4, depth=2, bone_scale=1.0).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        out = m.net(normalize(x))
+    bone = torch.zeros_like(x)
+    err = (out - bone_to_target(bone, x, 1.0)).abs()
+    field = torch.zeros_like(x)
+    field[..., :16] = 1
+    with torch.no_grad():
+        full, _, _ = m._losses({"x": x, "bone": bone})
+        half, _, _ = m._losses({"x": x, "bone": bone, "field": field})
+    assert full.item() == pytest.approx(err.mean().item(), rel=1e-5)
+    assert half.item() == pytest.approx(err[..., :16].mean().item(), rel=1e-5)
+    assert abs(half.item() - full.item()) > 1e-4
+
+
+def test_init_from_starts_from_the_weights_and_adds_up_the_compute(simdir, tmp_path):
+    from safetensors.torch import load_file
+
+    from cxrdecomp.errors import ConfigError
+    from cxrdecomp.methods.bone_unet.module import train
+
+    torch.set_num_threads(1)
+    parent = train(_opts(data=simdir, out=tmp_path / "a", max_steps=3, epochs=5))
+    child = train(_opts(data=simdir, out=tmp_path / "b", init_from=str(parent), lr=0.0, max_steps=2))
+    fresh = train(_opts(data=simdir, out=tmp_path / "c", lr=0.0, max_steps=2, seed=1))
+    wp, wc, wf = (load_file(str(f / "model.safetensors")) for f in (parent, child, fresh))
+    assert all(torch.equal(wp[k], wc[k]) for k in wp)  # lr 0: the child is its parent
+    assert not all(torch.equal(wp[k], wf[k]) for k in wp)
+    cfg = json.loads((child / "config.json").read_text())
+    assert cfg["inference"]["bone_scale"] == json.loads((parent / "config.json").read_text())["inference"]["bone_scale"]
+    t = cfg["training"]
+    assert [r["steps"] for r in t["lineage"]] == [3, 2] and t["total"]["steps"] == 5 and t["total"]["runs"] == 2
+    assert t["total"]["elapsed_s"] == pytest.approx(sum(r["elapsed_s"] for r in t["lineage"]), abs=0.2)
+    assert "Compute, all runs behind these weights" in (child / "MODEL_CARD.md").read_text()
+    grand = train(_opts(data=simdir, out=tmp_path / "d", init_from=str(child), max_steps=1))
+    assert [r["steps"] for r in json.loads((grand / "config.json").read_text())["training"]["lineage"]] == [3, 2, 1]
+    with pytest.raises(ConfigError, match="same network options"):
+        train(_opts(data=simdir, out=tmp_path / "e", init_from=str(parent), base=8))

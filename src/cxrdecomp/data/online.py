@@ -52,11 +52,59 @@ class SimulatedSamples(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def rename_keys(self) -> tuple[str, ...]:
+        """The item keys of the chosen outputs (after ``rename``)."""
+        return tuple(self.rename.get(k, k) for k in self.keys)
+
     def __getitem__(self, g: int) -> dict[str, torch.Tensor]:
         g = int(g)
         sim = self.simulators[g % len(self.simulators)]
         out = sim.sample(g // len(self.simulators), self.seed, self.split)
         item = {self.rename.get(k, k): out[k].detach().float().cpu() for k in self.keys}
+        item["index"] = torch.tensor(g)
+        return item
+
+
+class MixedSamples(Dataset):
+    """Online samples with real pairs mixed in at a fixed rate, still a pure function of the global index.
+
+    Global index ``g`` gives real pair ``(g div every) mod len(real)`` when ``g mod every == every − 1`` (its
+    augmentation drawn from a generator seeded by ``(seed, g)``), else simulated sample ``g``. Simulated items
+    gain ``field`` = ones (the target holds everywhere), real items bring their own (e.g. the lung fields of
+    :class:`cxrdecomp.data.simulated.RealPairs`).
+
+    Args:
+        simulated: a :class:`SimulatedSamples` (its ``length`` is this dataset's length).
+        real: a dataset with ``item(i, generator)`` returning the same keys as ``simulated`` plus ``field``.
+        every: one real item in ``every`` (2: half; 4: a quarter).
+
+    Raises:
+        InputError: ``every`` < 2 or an empty ``real``.
+    """
+
+    def __init__(self, simulated: SimulatedSamples, real, every: int, seed: int = 0) -> None:
+        if int(every) < 2:
+            raise InputError(f"one real pair in every {every} samples: give 2 or more")
+        if len(real) == 0:
+            raise InputError("no real pairs to mix in")
+        self.simulated, self.real, self.every, self.seed = simulated, real, int(every), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.simulated)
+
+    def is_real(self, g: int) -> bool:
+        return int(g) % self.every == self.every - 1
+
+    def __getitem__(self, g: int) -> dict[str, torch.Tensor]:
+        g = int(g)
+        if self.is_real(g):
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + g)
+            it = self.real.item((g // self.every) % len(self.real), gen)
+            item = {k: it[k] for k in (*self.simulated.rename_keys(), "field")}
+        else:
+            item = self.simulated[g]
+            item["field"] = torch.ones_like(next(iter(item.values())))
+            item.pop("index")
         item["index"] = torch.tensor(g)
         return item
 
@@ -104,6 +152,8 @@ class SimulationDataModule(L.LightningDataModule):
         keys, rename: outputs per item and their item keys (see :class:`SimulatedSamples`).
         anatomy_reuse, view_reuse: consecutive samples sharing one 3-D anatomy / one projection (speed; see
             :class:`~cxrdecomp.simulate.pipeline.Simulator`).
+        real, real_every: optional real pairs mixed into training, one in ``real_every`` (:class:`MixedSamples`);
+            validation stays simulated.
         **simulator: :class:`~cxrdecomp.simulate.pipeline.Simulator` arguments (``target``, ``method``, ``des``,
             ``ranges``, ``anatomy_reuse``, ``device`` ...).
 
@@ -112,11 +162,13 @@ class SimulationDataModule(L.LightningDataModule):
 
     def __init__(self, cts=None, size: int = 256, batch_size: int = 8, num_workers: int = 0, train_length: int = 2000,
                  val_length: int = 64, seed: int = 0, keys: Sequence[str] = ("image", "soft_tissue", "bone", "lung_mask"),
-                 rename: dict[str, str] | None = None, anatomy_reuse: int = 64, view_reuse: int = 8, **simulator) -> None:
+                 rename: dict[str, str] | None = None, anatomy_reuse: int = 64, view_reuse: int = 8, real=None,
+                 real_every: int = 4, **simulator) -> None:
         super().__init__()
         self.cts, self.size, self.batch_size, self.num_workers = cts, int(size), int(batch_size), int(num_workers)
         self.train_length, self.val_length, self.seed, self.keys, self.simulator_kwargs = train_length, val_length, seed, tuple(keys), simulator
         self.rename = rename
+        self.real, self.real_every = real, int(real_every)
         self.simulator_kwargs.update(anatomy_reuse=anatomy_reuse, view_reuse=view_reuse)
         self.train_set = self.val_set = None
 
@@ -134,11 +186,15 @@ class SimulationDataModule(L.LightningDataModule):
             check_ct(ct)
         sims = [Simulator(ct, self.size, **self.simulator_kwargs) for ct in cts]
         self.train_set = SimulatedSamples(sims, self.train_length, self.seed, "train", self.keys, self.rename)
+        if self.real is not None:
+            self.train_set = MixedSamples(self.train_set, self.real, self.real_every, self.seed)
         self.val_set = SimulatedSamples(sims, self.val_length, self.seed, "val", self.keys, self.rename)
 
     def describe(self) -> str:
-        return (f"online realistic simulation of {len(self.train_set.simulators)} CT(s) at {self.size}² "
-                f"({self.train_length} fresh samples per epoch; validation: {self.val_length} samples of the held-out anatomy bank)")
+        mix = (f", one in {self.real_every} replaced by one of {len(self.real)} real pairs" if self.real is not None else "")
+        return (f"online realistic simulation of {len(self.val_set.simulators)} CT(s) at {self.size}² "
+                f"({self.train_length} fresh samples per epoch{mix}; validation: {self.val_length} simulated samples of the "
+                "held-out anatomy bank)")
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.train_set, self.batch_size, shuffle=False, num_workers=self.num_workers, drop_last=True,

@@ -65,6 +65,46 @@ def read_gray01(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     return a
 
 
+def edited_field(cxr: np.ndarray, soft: np.ndarray, *, sigma_frac: float = 1 / 256, level: float = 0.5 / 255,
+                 closing_frac: float = 1 / 64) -> np.ndarray:
+    """The lung fields of a BSE-JSRT pair, as the region its soft-tissue image was edited in.
+
+    BSE-JSRT (Juhász et al. 2010) removed the ribs only inside the lung fields and copied every other pixel
+    unchanged, so the fields are where ``soft`` differs from ``cxr``: ``|cxr − soft|`` smoothed by a Gaussian of
+    σ = ``sigma_frac``·size, above ``level``, closed (radius ``closing_frac``·size), holes filled, and the two
+    largest regions kept. Used as the loss mask of BSE-JSRT pairs in training and for the lung-field metrics
+    (``bsr_lung``) of ``evaluate --masks edited``.
+
+    Args:
+        cxr, soft: ``(H, W)`` display domain ``[0, 1]``.
+
+    Returns:
+        bool ``(H, W)``; all False for a pair that differs nowhere.
+
+    Raises:
+        ValueError: arrays of different shapes.
+    """
+    from scipy import ndimage as ndi
+
+    cxr, soft = np.asarray(cxr, dtype=np.float32), np.asarray(soft, dtype=np.float32)
+    if cxr.shape != soft.shape or cxr.ndim != 2:
+        raise ValueError(f"cxr and soft must be 2-D arrays of one shape, got {cxr.shape} and {soft.shape}")
+    n = max(cxr.shape)
+    g = ndi.gaussian_filter(np.abs(cxr - soft), max(0.5, sigma_frac * n))
+    m = g > level
+    if not m.any():
+        return m
+    r = max(1, round(closing_frac * n))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    m = ndi.binary_closing(np.pad(m, r), structure=xx**2 + yy**2 <= r * r)[r:-r, r:-r]
+    m = ndi.binary_fill_holes(m)
+    lab, k = ndi.label(m)
+    if k > 2:
+        sizes = ndi.sum(m, lab, range(1, k + 1))
+        m = np.isin(lab, np.argsort(sizes)[::-1][:2] + 1)
+    return m
+
+
 class PairedImages(torch.utils.data.Dataset):
     """Pairs of a folder as tensors ``(1, S, S)``: ``{"cxr", "soft", "bone", "name"}``, display domain.
 

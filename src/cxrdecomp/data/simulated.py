@@ -8,7 +8,8 @@ bone-extraction paper's geometric augmentations (§2.3), on input and target ali
 horizontal flip (probability 1/2) and zoom about the centre by up to ±30 %. Intensity variation (tone curve,
 contrast equalisation, noise) is part of the simulation itself.
 
-Items are dicts of ``(1, S, S)`` float32 tensors: ``"x"`` (input), ``"bone"`` (target) and ``"soft"`` (= x − bone).
+Items are dicts of ``(1, S, S)`` float32 tensors: ``"x"`` (input), ``"bone"`` (target), ``"soft"`` (= x − bone)
+and ``"field"``, where the target holds (all ones for simulated samples, the lung fields for BSE-JSRT pairs).
 """
 
 from __future__ import annotations
@@ -76,21 +77,25 @@ class SimulatedPairs(torch.utils.data.Dataset):
             if self.aug["scale"]:
                 arr = zoom(arr, 1 + self.aug["scale"] * (2 * float(torch.rand(1, generator=g)) - 1))
         x, soft = arr[0:1], arr[1:2]
-        return {"x": x, "bone": x - soft, "soft": soft}
+        return {"x": x, "bone": x - soft, "soft": soft, "field": torch.ones_like(x)}
 
 
 class RealPairs(torch.utils.data.Dataset):
     """Real radiograph / soft-tissue pairs (BSE-JSRT layout, :class:`cxrdecomp.data.pairs.PairedImages`)
-    as items of the same form as :class:`SimulatedPairs` (``x``, ``bone = cxr − soft``, ``soft``).
+    as items of the same form as :class:`SimulatedPairs` (``x``, ``bone = cxr − soft``, ``soft``) plus ``field``:
+    the lung fields (:func:`cxrdecomp.data.pairs.edited_field`), where BSE-JSRT removed the ribs. Outside them
+    it kept every bone, so a trainer that learns all-bone removal restricts its loss on these pairs to ``field``.
 
-    Augmentation: horizontal flip and zoom on both; noise on the input. Note BSE-JSRT removes ribs only
-    inside the lung fields (clavicles stay), a different target than the simulated bone image.
+    Augmentation: horizontal flip and zoom on all; noise on the input. :meth:`item` draws them from a given
+    generator (reproducible mixing, :class:`cxrdecomp.data.online.MixedSamples`).
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 512, augment: bool = True, aug: dict | None = None):
-        from cxrdecomp.data.pairs import PairedImages
+        from cxrdecomp.data.pairs import PairedImages, edited_field
 
         self.pairs = PairedImages(root, size=size)
+        self.field = torch.from_numpy(np.stack([edited_field(c[0].numpy(), s[0].numpy())
+                                                for c, s in zip(self.pairs.cxr, self.pairs.soft)])).float()[:, None]
         self.augment = augment
         self.aug = {**PAPER_AUG, **(aug or {})}
 
@@ -98,19 +103,23 @@ class RealPairs(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
-        it = self.pairs[i]
-        x, soft = it["cxr"], it["soft"]
+        return self.item(i)
+
+    def item(self, i: int, generator: torch.Generator | None = None) -> dict:
+        """Pair ``i`` (augmented when ``augment``), random draws from ``generator`` (default: the global one)."""
+        x, soft, field = self.pairs.cxr[i], self.pairs.soft[i], self.field[i]
         if self.augment:
             a = self.aug
-            if torch.rand(1) < a["flip"]:
-                x, soft = x.flip(-1), soft.flip(-1)
+            if float(torch.rand((), generator=generator)) < a["flip"]:
+                x, soft, field = x.flip(-1), soft.flip(-1), field.flip(-1)
             if a["scale"]:
-                f = 1 + a["scale"] * (2 * float(torch.rand(1)) - 1)
-                x, soft = zoom(x, f), zoom(soft, f)
+                f = 1 + a["scale"] * (2 * float(torch.rand((), generator=generator)) - 1)
+                x, soft, field = zoom(x, f), zoom(soft, f), (zoom(field, f) > 0.5).float()
         bone = x - soft
         if self.augment and self.aug["noise"]:
-            x = x + float(torch.rand(1)) * self.aug["noise"] * torch.randn_like(x)
-        return {"x": x.clamp(0, 1), "bone": bone, "soft": soft}
+            s = float(torch.rand((), generator=generator)) * self.aug["noise"]
+            x = x + s * torch.randn(x.shape, generator=generator)
+        return {"x": x.clamp(0, 1), "bone": bone, "soft": soft, "field": field}
 
 
 def split_names(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:

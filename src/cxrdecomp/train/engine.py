@@ -32,6 +32,7 @@ import lightning as L
 import torch
 
 from cxrdecomp import checkpoint
+from cxrdecomp.errors import ConfigError
 from cxrdecomp.io.atomic import atomic_path
 from cxrdecomp.train.options import TrainOptions
 
@@ -126,6 +127,19 @@ class MethodModule(L.LightningModule):
             f"- Data: {training.get('data', '')}",
             f"- Steps: {training.get('global_step', '')}, epochs: {training.get('epochs', '')}, device: {training.get('device', '')}",
             "",
+        ]
+        if training.get("lineage"):
+            tot = training["total"]
+            lines += ["## Compute, all runs behind these weights", "",
+                      "| run | started from | steps | minutes | device |", "|---|---|---|---|---|"]
+            prev = "random"
+            for r in training["lineage"]:
+                m = f"{r['elapsed_s'] / 60:.1f}" if r.get("elapsed_s") is not None else "unknown"
+                lines.append(f"| `{r['command']}` | {prev} | {r['steps']} | {m} | {r['device']} |")
+                prev = f"`{r['checkpoint']}`"
+            lines += [f"| **total** | | **{tot['steps']}** | **{tot['elapsed_s'] / 60:.1f}**"
+                      + (f" (+{tot['runs_without_time']} run(s) of unknown time)" if tot["runs_without_time"] else "") + " | |", ""]
+        lines += [
             "## Validation metrics",
             "",
         ]
@@ -214,6 +228,40 @@ def resume_checkpoint(out: Path) -> Path | None:
     return None
 
 
+def init_config(init_from: str | Path, method: str) -> dict[str, Any]:
+    """``config.json`` of the model a run starts from (``--init-from``).
+
+    Raises:
+        CheckpointError: not a checkpoint folder or bundled name. ConfigError: a checkpoint of another method.
+    """
+    cfg = checkpoint.load_config(init_from)
+    if cfg["method"] != method:
+        raise ConfigError(f"--init-from {init_from} is a {cfg['method']} checkpoint, not {method}")
+    return cfg
+
+
+def _lineage(cfg: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The training runs behind a checkpoint config, oldest first: ``{checkpoint, command, steps, elapsed_s}``."""
+    t = cfg.get("training", {})
+    runs = list(t.get("lineage", []))[:-1] if t.get("lineage") else []
+    elapsed = t.get("elapsed_s")
+    if elapsed is None and (t.get("options") or {}).get("max_minutes"):
+        elapsed = 60.0 * float(t["options"]["max_minutes"])  # older runs recorded only their budget
+    return runs + [{"checkpoint": name, "command": t.get("command", ""), "steps": t.get("global_step"), "elapsed_s": elapsed,
+                    "device": t.get("device", "")}]
+
+
+def _init_weights(module: MethodModule, init_from: str) -> list[dict[str, Any]]:
+    cfg = init_config(init_from, module.method)
+    if cfg.get("model") != module.model_config:
+        raise ConfigError(f"--init-from {init_from} has the network {cfg.get('model')}, this run builds {module.model_config}: "
+                          "give the same network options")
+    dtype = next(module.net.parameters()).dtype
+    checkpoint.load_weights(init_from, module.net).train()
+    module.net.to(dtype)
+    return _lineage(cfg, str(init_from))
+
+
 def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
 
@@ -256,6 +304,15 @@ def fit(
     trainer = make_trainer(out, **kw)
     found = resume_checkpoint(out) if options.resume else None
     ckpt_path = str(found) if found is not None else None
+    lineage: list[dict[str, Any]] = []
+    init_from = getattr(options, "init_from", None)
+    if init_from:
+        if found is None:
+            lineage = _init_weights(module, init_from)
+            if trainer.is_global_zero:
+                print(f"starting from the weights of {init_from}", file=sys.stderr)
+        else:
+            lineage = _lineage(init_config(init_from, module.method), str(init_from))
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {found}", file=sys.stderr)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
@@ -278,6 +335,13 @@ def fit(
             "torch": torch.__version__,
             "options": options.to_json(),
         }
+        if lineage:
+            runs = lineage + [{"checkpoint": str(folder), "command": training["command"], "steps": training["global_step"],
+                               "elapsed_s": training["elapsed_s"], "device": training["device"]}]
+            known = [r["elapsed_s"] for r in runs if r.get("elapsed_s") is not None]
+            training["lineage"] = runs
+            training["total"] = {"steps": sum(int(r["steps"] or 0) for r in runs), "elapsed_s": round(sum(known), 1),
+                                 "runs": len(runs), "runs_without_time": len(runs) - len(known)}
         net = module.net
         n_params = sum(p.numel() for p in net.parameters())
         config = module.export_config(metrics, training)

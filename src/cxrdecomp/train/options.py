@@ -53,6 +53,7 @@ class TrainOptions:
     val_every: int = option(1, "Validate every N epochs.")
     progress: bool = option(True, "Show a progress bar.")
     resume: bool = option(True, "Resume from OUT/last.ckpt when present.")
+    init_from: Optional[str] = option(None, "Start from the weights of an exported model (folder or bundled name) of the same method and network; the model card adds its compute to this run's.")
     checkpoint_minutes: float = option(10.0, "Also checkpoint every N minutes of training inside an epoch (0: at epoch ends only).")
 
     def replace(self, **changes: Any) -> "TrainOptions":

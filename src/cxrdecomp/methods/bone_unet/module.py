@@ -28,6 +28,7 @@ from cxrdecomp.methods.bone_unet.predict import (
     output_to_bone,
 )
 from cxrdecomp.train import MethodModule, fit
+from cxrdecomp.train.engine import init_config
 
 
 class BoneUNetModule(MethodModule):
@@ -72,7 +73,10 @@ class BoneUNetModule(MethodModule):
     def _losses(self, batch):
         x, bone = batch["x"], batch["bone"]
         out = self.net(normalize(x))
-        l1 = (out - bone_to_target(bone, x, self.bone_scale)).abs().mean()
+        err = (out - bone_to_target(bone, x, self.bone_scale)).abs()
+        field = batch.get("field")
+        # the target holds only inside `field` (BSE-JSRT pairs: the lung fields, see RealPairs)
+        l1 = err.mean() if field is None else (err * field).sum() / field.sum().clamp_min(1.0)
         loss = l1
         parts = {"l1": l1}
         if self.perceptual is not None:
@@ -137,11 +141,13 @@ def train(o: Options) -> Path:
         raise ConfigError("give --data (a folder written by `cxrdecomp simulate`) or --online")
     if o.data is not None and o.online:
         raise ConfigError("give either --data or --online, not both")
-    if o.online and o.real_pairs:
-        raise ConfigError("--real-pairs with --online is not supported yet; mix real pairs with --data")
     torch.manual_seed(int(o.seed))
     size = int(o.size)
     extra = {}
+    real = None
+    if o.real_pairs:
+        root = Path(o.real_pairs)
+        real = RealPairs(root / "train" if (root / "train").is_dir() else root, size=size)
     if o.online:
         from cxrdecomp.data.online import SimulationDataModule
 
@@ -151,7 +157,8 @@ def train(o: Options) -> Path:
 
             cts = [read_ct(o.ct, o.labels, o.label_names)]
         dm = SimulationDataModule(cts, size=size, batch_size=o.batch_size, num_workers=o.num_workers, train_length=o.epoch_samples,
-                                  val_length=o.val_samples, seed=int(o.seed), keys=("image", "bone"), rename={"image": "x"}, target=o.target)
+                                  val_length=o.val_samples, seed=int(o.seed), keys=("image", "bone"), rename={"image": "x"}, target=o.target,
+                                  real=real, real_every=o.real_every)
         dm.setup("fit")
         train_ds, desc = dm.train_set, dm.describe()
         extra["use_distributed_sampler"] = False  # the EpochSampler splits the indices by rank
@@ -161,12 +168,15 @@ def train(o: Options) -> Path:
         train_ds = SimulatedPairs(data, size=size, augment=True, names=train_names)
         val_ds = SimulatedPairs(data, size=size, augment=False, names=val_names)
         desc = f"{len(train_ds)} simulated pairs from {data} (validation: {len(val_ds)})"
-    if o.real_pairs:
-        root = Path(o.real_pairs)
-        real = RealPairs(root / "train" if (root / "train").is_dir() else root, size=size)
+    if real is not None and not o.online:
         train_ds = torch.utils.data.ConcatDataset([train_ds, real])
-        desc += f" + {len(real)} real pairs from {root}"
-    bone_scale = estimate_bone_scale(train_ds, n=8 if o.online else 32) if str(o.bone_scale) == "auto" else float(o.bone_scale)
+        desc += f" + {len(real)} real pairs from {o.real_pairs}"
+    if o.init_from is not None and str(o.bone_scale) == "auto":
+        bone_scale = float(init_config(o.init_from, "bone_unet")["inference"]["bone_scale"])  # the target it learnt
+    elif str(o.bone_scale) == "auto":
+        bone_scale = estimate_bone_scale(getattr(train_ds, "simulated", train_ds), n=8 if o.online else 32)
+    else:
+        bone_scale = float(o.bone_scale)
     module = BoneUNetModule(size=size, base=o.base, depth=o.depth, dilate_from=o.dilate_from, lr=o.lr, bone_scale=bone_scale,
                             vgg_weights=str(o.vgg_weights) if o.vgg_weights else None, perceptual_weight=o.perceptual_weight,
                             dtype=o.dtype)
