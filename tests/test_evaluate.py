@@ -214,3 +214,25 @@ def test_edited_field_finds_the_region_where_the_soft_tissue_image_was_edited():
     assert iou > 0.9
     assert not m[:, :20].any() and not m[:20].any()  # nothing outside
     assert not edited_field(soft, soft).any()
+
+
+def test_masks_edited_scores_inside_the_lung_fields_the_truth_was_edited_in(tmp_path):
+    """`--masks edited`: a prediction that removes the ribs only inside the edited field scores bsr_lung 1 there,
+    and one that also removes them outside (where the truth kept them) loses whole-image BSR, not bsr_lung."""
+    n = 128
+    yy, xx = np.mgrid[:n, :n]
+    ribs = 0.2 * ((yy // 8) % 2 == 0)
+    field = (abs(xx - 40) < 22) & (abs(yy - 64) < 40)
+    soft_all = 0.3 + 0.2 * np.exp(-((xx - 64) ** 2 + (yy - 64) ** 2) / 2000)
+    img = soft_all + ribs
+    truth = np.where(field, soft_all, img)  # BSE-JSRT-like: ribs removed only in the field
+    root, pred_in, pred_all = tmp_path / "pairs", tmp_path / "p_in", tmp_path / "p_all"
+    _png(root / "cxr" / "A.png", img)
+    _png(root / "soft" / "A.png", truth)
+    _png(pred_in / "A.png", truth)
+    _png(pred_all / "A.png", soft_all)
+    r_in = ev.evaluate_pairs(root, tmp_path / "o1", pred_dir=pred_in, mask_dir="edited", progress=False)["results"]["pred"]
+    r_all = ev.evaluate_pairs(root, tmp_path / "o2", pred_dir=pred_all, mask_dir="edited", progress=False)["results"]["pred"]
+    assert r_in["bsr_lung"]["mean"] == pytest.approx(1.0, abs=1e-9)
+    assert r_all["bsr_lung"]["mean"] > 0.9  # the found field's edge reaches a pixel or two past the edited one
+    assert r_in["bsr"]["mean"] == pytest.approx(1.0, abs=1e-9) and r_all["bsr"]["mean"] < 0

@@ -16,7 +16,7 @@ def evaluate_cmd(
     method: Optional[str] = typer.Option(None, "--method", help="Method to run (bundled name, e.g. 'bone'); label when --checkpoint is given."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint folder to run instead of the bundled default."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="Score another tool's soft-tissue images (same file names as cxr/)."),
-    masks: Optional[Path] = typer.Option(None, "--masks", help="Optional lung-mask folder (same names): adds lung-field metrics."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Lung-mask folder (same names) or 'edited' (the lung fields from where soft/ differs from cxr/, as in BSE-JSRT): adds lung-field metrics."),
     simulated: Optional[Path] = typer.Option(None, "--simulated", help="Held-out simulated pairs written by `cxrdecomp simulate`."),
     split: Optional[str] = typer.Option(None, "--split", help="With --simulated: 'val' (held-out poses, default), 'all', or 'ct:I,J' (held-out CTs)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (per_image.csv, summary.json, grid.png); with --results the page path."),

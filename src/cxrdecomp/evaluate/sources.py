@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrdecomp.data.pairs import list_pairs
+from cxrdecomp.data.pairs import edited_field, list_pairs
 from cxrdecomp.data.simulated import split_names
 from cxrdecomp.errors import ConfigError, DataNotFoundError, InputError
 from cxrdecomp.evaluate.scoring import (
@@ -22,12 +22,18 @@ from cxrdecomp.evaluate.scoring import (
 )
 
 
+EDITED = "edited"
+"""``mask_dir`` value: the lung fields of each pair from where its truth was edited (see :func:`iter_pairs`)."""
+
+
 def iter_pairs(pairs_dir: str | os.PathLike, pred_dir: str | os.PathLike | None = None,
                mask_dir: str | os.PathLike | None = None) -> tuple[list[str], Callable[[], Iterator[Sample]], list[str]]:
     """Names, a sample generator and notes for a paired folder ``DIR/{cxr,soft}`` (bse-jsrt layout).
 
     Files pair by name without suffix. With ``pred_dir``, only names that have a prediction are scored
-    (missing ones are listed in the notes); with ``mask_dir``, masks pair by name too.
+    (missing ones are listed in the notes); with ``mask_dir``, masks pair by name too. ``mask_dir="edited"``
+    derives each pair's lung fields from where its soft-tissue image differs from the radiograph
+    (:func:`cxrdecomp.data.pairs.edited_field`; right for BSE-JSRT, which edited only the lung fields).
 
     Raises:
         DataNotFoundError: missing folders, no common names, no predictions at all.
@@ -46,7 +52,8 @@ def iter_pairs(pairs_dir: str | os.PathLike, pred_dir: str | os.PathLike | None 
         if missing:
             notes.append(f"{len(missing)} pair(s) without prediction, not scored: {', '.join(missing[:10])}")
             names = [n for n in names if n in preds]
-    if mask_dir is not None:
+    edited = str(mask_dir) == EDITED
+    if mask_dir is not None and not edited:
         masks = _by_stem(Path(mask_dir))
         missing = [n for n in names if n not in masks]
         if missing:
@@ -61,7 +68,9 @@ def iter_pairs(pairs_dir: str | os.PathLike, pred_dir: str | os.PathLike | None 
                 s.pred, kp = read_image01(preds[n])
                 if kp != kt:
                     s.notes.append(f"prediction {kp}, truth {kt}")
-            if masks is not None:
+            if edited:
+                s.mask = edited_field(img, tru).astype(np.float32)
+            elif masks is not None:
                 if n in masks:
                     s.mask = read_image01(masks[n])[0]
                 else:
