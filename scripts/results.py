@@ -1,13 +1,15 @@
 """Regenerate docs/results.md (issue 4 §4) with one command.
 
-    python scripts/results.py                           # bse-jsrt/val, every bundled method
+    python scripts/results.py                           # bse-jsrt/val + des-dev, every bundled method; ranks them
     python scripts/results.py --simulated SIMDIR        # also held-out simulated pairs
     python scripts/results.py --pairs DIR -o docs/results.md --device cuda
 
 Evaluates every checkpoint in ``cxrdecomp.checkpoint.available_pretrained()`` on the 12 validation pairs
-of bse-jsrt (``$CXRDECOMP_BSE_JSRT`` or ../shared/data/bse-jsrt), prints the identity baseline beside
-them, and lists the papers' published numbers with the data differences stated. Same as
-``cxrdecomp evaluate --results``. Per-method CSV/JSON/grids go to out/results/<method>/.
+of bse-jsrt (``$CXRDECOMP_BSE_JSRT`` or ../shared/data/bse-jsrt; lung-field metrics too) and the 6 real
+dual-energy pairs of des-dev (``$CXRDECOMP_DES_DEV``), prints the identity baseline beside them, lists the
+papers' published numbers with the data differences stated, and writes the best model by real-radiograph
+score as the default (src/cxrdecomp/pretrained/ranking.json). Same as ``cxrdecomp evaluate --results``.
+Per-method CSV/JSON/grids go to out/results/<set>/<method>/.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ sys.path.insert(0, str(ROOT / "src"))
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Regenerate docs/results.md")
     ap.add_argument("--pairs", type=Path, default=None, help="paired folder (default: bse-jsrt/val)")
+    ap.add_argument("--des", type=Path, default=None, help="real dual-energy pairs (default: des-dev)")
+    ap.add_argument("--no-ranking", action="store_true", help="do not write pretrained/ranking.json (the default model)")
     ap.add_argument("--simulated", type=Path, default=None, help="held-out simulated pairs (cxrdecomp simulate)")
     ap.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "results.md")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "results")
@@ -36,7 +40,8 @@ def main(argv=None) -> int:
     from cxrdecomp.evaluate import write_results_page
 
     try:
-        p = write_results_page(a.out, pairs=a.pairs, simulated=a.simulated, device=a.device, work=a.work)
+        p = write_results_page(a.out, pairs=a.pairs, des=a.des, simulated=a.simulated, device=a.device, work=a.work,
+                               ranking=not a.no_ranking)
     except CxrdecompError as e:
         print(f"results: error: {e}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ def test_default_model_decomposes_rg1_unci(tmp_path):
         pytest.skip("example RG1_UNCI.dcm not cached; run `cxrdecomp data fetch` first")
     img = read_radiograph(path).image
     dec = Decomposer.from_pretrained(device="cpu")
-    assert dec.method == methods.get(methods.DEFAULT).name
+    assert dec.method == methods.get(methods.default_checkpoint()).name
     out = dec(path)
     assert out.bone.shape == tuple(img.shape) == (1955, 1841)
     assert torch.allclose(out.soft_tissue + out.bone, torch.as_tensor(np.asarray(img)), atol=1e-5)

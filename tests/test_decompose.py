@@ -184,7 +184,7 @@ def test_demo_command_and_path_input(tiny_ckpt, tmp_path, monkeypatch):
     from cxrdecomp import methods as registry
 
     src = cached_example("RG1_UNCI.dcm")
-    monkeypatch.setattr(registry, "DEFAULT", str(tiny_ckpt))
+    monkeypatch.setattr(registry, "default_checkpoint", lambda: str(tiny_ckpt))
     res = CliRunner().invoke(app, ["demo", "-o", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
     index = Path(res.stdout.strip().splitlines()[-1])

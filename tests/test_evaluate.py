@@ -129,8 +129,8 @@ def test_missing_predictions_and_masks(pairs, tmp_path):
 
 def test_errors(pairs, tmp_path):
     root, _ = pairs
-    with pytest.raises(ConfigError, match="nothing to evaluate: give --method"):
-        ev.evaluate_pairs(root, tmp_path / "o", progress=False)
+    with pytest.raises(ConfigError, match="give either --method/--checkpoint"):
+        ev.evaluate_pairs(root, tmp_path / "o", method="bone", pred_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="unknown method 'no-such-method'; choose one of"):
         ev.evaluate_pairs(root, tmp_path / "o", method="no-such-method", progress=False)
     with pytest.raises(DataNotFoundError, match="must hold cxr/ and soft/"):
@@ -156,14 +156,38 @@ def test_simulated_pairs_held_out_only(tiny_ckpt, tmp_path):
     assert s["results"]["identity"]["bsr"]["mean"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_results_page(pairs, tiny_ckpt, tmp_path, monkeypatch):
+def test_results_page_ranks_the_bundled_models_and_sets_the_default(pairs, tiny_ckpt, tmp_path, monkeypatch):
+    """Two bundled models scored on both real sets: a random network and one whose last layer is zero (bone image 0:
+    the identity, score 0). The one with the higher real-radiograph score, the mean of bse-jsrt lung-field BSR and
+    des-dev tone-matched BSR read back from each evaluation's summary, becomes the default."""
+    from cxrdecomp import methods
+
     root, _ = pairs
+    torch.manual_seed(1)
+    net = build_bone_unet(base=4, depth=2)
+    last = [p for p in net.parameters()][-2:]
+    with torch.no_grad():
+        for p in last:
+            p.zero_()
+    cfg = {"method": "bone_unet", "model": {"base": 4, "depth": 2}, "input_size": 64}
+    checkpoint.save(tiny_ckpt.parent / "zero", net, cfg, "zero last layer\n")
     monkeypatch.setattr(checkpoint, "PRETRAINED_DIR", tiny_ckpt.parent)
-    page = ev.write_results_page(tmp_path / "results.md", pairs=root, work=tmp_path / "work")
+    page = ev.write_results_page(tmp_path / "results.md", pairs=root, des=root, work=tmp_path / "work")
     text = page.read_text()
-    assert "identity (input unchanged)" in text and "| tiny (`bone_unet`, 64²)" in text
-    assert "BS-Diff" in text and "38.25" in text and "Held-out simulated" in text
-    assert (tmp_path / "work" / "tiny" / "summary.json").is_file()
+    assert "identity (input unchanged)" in text and "| tiny (`bone_unet`, 64²)" in text and "Which model to pick" in text
+    assert "BS-Diff" in text and "38.25" in text and "Held-out simulated" in text and "lung-field BSR" in text
+    rank = json.loads((tiny_ckpt.parent / "ranking.json").read_text())
+
+    def mean(set_name, name, key):
+        return json.loads((tmp_path / "work" / set_name / name / "summary.json").read_text())["results"][name][key]["mean"]
+
+    score = {n: 0.5 * (mean("bse-jsrt-val", n, "bsr_lung") + mean("des-dev", n, "bsr_tm")) for n in ("tiny", "zero")}
+    assert score["zero"] == pytest.approx(0.0, abs=1e-6) and abs(score["tiny"]) > 1e-3
+    best = max(score, key=score.get)
+    assert rank["default"] == best and methods.default_checkpoint() == best and f"| {best} **(default)** |" in text
+    assert rank["scores"]["tiny"]["score"] == pytest.approx(score["tiny"])
+    (tiny_ckpt.parent / "ranking.json").write_text('{"default": "gone"}')
+    assert methods.default_checkpoint() == methods.DEFAULT  # a ranking naming no bundled model is ignored
 
 
 def test_cli_evaluate(pairs, tiny_ckpt, tmp_path, monkeypatch, capsys):
@@ -175,7 +199,7 @@ def test_cli_evaluate(pairs, tiny_ckpt, tmp_path, monkeypatch, capsys):
                                       "--checkpoint", str(tiny_ckpt), "-o", str(out)])
     cli.main()
     assert (out / "summary.json").is_file() and "bsr" in capsys.readouterr().out
-    monkeypatch.setattr(sys, "argv", ["cxrdecomp", "evaluate", "--pairs", str(root), "-o", str(out)])
+    monkeypatch.setattr(sys, "argv", ["cxrdecomp", "evaluate", "--pairs", str(root), "--method", "no-such", "-o", str(out)])
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 2

@@ -3,7 +3,7 @@
 Python API::
 
     from cxrdecomp import Decomposer
-    dec = Decomposer.from_pretrained("bone")          # bundled name or checkpoint folder
+    dec = Decomposer.from_pretrained()                # the default; or a bundled name ("dae") or checkpoint folder
     out = dec(image)                                  # (H, W) array/tensor, display domain [0, 1]
     out = dec("chest.dcm")                            # or a DICOM / PNG / JPEG / TIFF file path
     out.bone, out.soft_tissue, out.enhanced           # (H, W) float32 tensors, same size as the input
@@ -133,12 +133,12 @@ class Decomposer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device: str | None = None, **options) -> "Decomposer":
         """Load a bundled checkpoint by name (``"bone"``, ``"dae"``, ...) or a checkpoint folder
-        (``None``: the default, :data:`cxrdecomp.methods.DEFAULT`).
+        (``None``: the default, :func:`cxrdecomp.methods.default_checkpoint`, the best measured on real radiographs).
 
         Raises:
             CheckpointError: no such checkpoint, or it does not fit its config.
         """
-        model, cfg = methods.load(methods.DEFAULT if name_or_path is None else name_or_path)
+        model, cfg = methods.load(methods.default_checkpoint() if name_or_path is None else name_or_path)
         return cls(model, cfg, device=device, **options)
 
     def to_model_size(self, image: torch.Tensor) -> torch.Tensor:

@@ -18,16 +18,26 @@ from cxrdecomp.errors import DataNotFoundError
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
-def default_bse_jsrt() -> Path:
-    """Location of the BSE-JSRT pairs: ``$CXRDECOMP_BSE_JSRT`` or ``../shared/data/bse-jsrt``."""
-    env = os.environ.get("CXRDECOMP_BSE_JSRT")
-    if env:
-        return Path(env)
+def shared_data(name: str, env: str | None = None) -> Path:
+    """Location of a development data set: ``$ENV`` when set, else the first ``shared/data/NAME`` found in the
+    working folder or a folder above it, else ``../shared/data/NAME``."""
+    if env and os.environ.get(env):
+        return Path(os.environ[env])
     for base in (Path.cwd(), *Path.cwd().parents):
-        p = base / "shared" / "data" / "bse-jsrt"
+        p = base / "shared" / "data" / name
         if p.is_dir():
             return p
-    return Path("../shared/data/bse-jsrt")
+    return Path("../shared/data") / name
+
+
+def default_bse_jsrt() -> Path:
+    """Location of the BSE-JSRT pairs: ``$CXRDECOMP_BSE_JSRT`` or ``shared/data/bse-jsrt`` (:func:`shared_data`)."""
+    return shared_data("bse-jsrt", "CXRDECOMP_BSE_JSRT")
+
+
+def default_des_dev() -> Path:
+    """Location of the real dual-energy pairs: ``$CXRDECOMP_DES_DEV`` or ``shared/data/des-dev`` (:func:`shared_data`)."""
+    return shared_data("des-dev", "CXRDECOMP_DES_DEV")
 
 
 def list_pairs(root: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[tuple[Path, Path]]:

@@ -21,19 +21,18 @@ def evaluate_pairs(pairs_dir: str | os.PathLike, out: str | os.PathLike, *, meth
                    checkpoint: str | os.PathLike | None = None, pred_dir: str | os.PathLike | None = None,
                    mask_dir: str | os.PathLike | None = None, device: str | None = None, save_pred: bool = False,
                    progress: bool = True) -> dict:
-    """Evaluate a method (``method``/``checkpoint``) or another tool's outputs (``pred_dir``) on a
-    paired folder ``DIR/{cxr,soft}``; writes ``OUT/{per_image.csv, summary.json, grid.png}``.
+    """Evaluate a method (``method``/``checkpoint``; neither: the default model,
+    :func:`cxrdecomp.methods.default_checkpoint`) or another tool's outputs (``pred_dir``) on a paired folder
+    ``DIR/{cxr,soft}``; writes ``OUT/{per_image.csv, summary.json, grid.png}``.
 
     Returns the summary (see :func:`run_evaluation`).
 
     Raises:
-        ConfigError: neither or both of a method and ``pred_dir``; unknown method.
+        ConfigError: both a method and ``pred_dir``; unknown method.
         DataNotFoundError / InputError / CheckpointError: as the data and checkpoint dictate.
     """
     if pred_dir is not None and (method is not None or checkpoint is not None):
         raise ConfigError("give either --method/--checkpoint (run a cxrdecomp method) or --pred (score saved predictions), not both")
-    if pred_dir is None and method is None and checkpoint is None:
-        raise ConfigError("nothing to evaluate: give --method NAME [--checkpoint PATH] or --pred PRED_DIR")
     names, gen, notes = iter_pairs(pairs_dir, pred_dir, mask_dir)
     info = {"pairs": str(pairs_dir), "masks": str(mask_dir) if mask_dir else None}
     predict = None
@@ -63,9 +62,7 @@ def evaluate_simulated(sim_dir: str | os.PathLike, out: str | os.PathLike, *, me
                        checkpoint: str | os.PathLike | None = None, split: str | None = None, device: str | None = None,
                        progress: bool = True) -> dict:
     """Synthetic benchmark: run a method on held-out simulated pairs (see :func:`iter_simulated`) and score
-    its soft-tissue output like :func:`evaluate_pairs` (identity baseline included)."""
-    if method is None and checkpoint is None:
-        raise ConfigError("give --method NAME [--checkpoint PATH] to evaluate on simulated pairs")
+    its soft-tissue output like :func:`evaluate_pairs` (identity baseline included; no method: the default model)."""
     names, gen, notes = iter_simulated(sim_dir, split)
     dec, source = _decomposer(method, checkpoint, device)
     info = {"simulated": str(sim_dir), "method": dec.method, "checkpoint": source, "input_size": dec.size}

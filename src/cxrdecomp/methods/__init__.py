@@ -78,8 +78,26 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 DEFAULT = "bone"
-"""The bundled checkpoint used when no method is given (``decompose``, ``Decomposer.from_pretrained()``,
-``evaluate``, ``make demo``)."""
+"""The bundled checkpoint used when no method is given and no measured ranking names one (see
+:func:`default_checkpoint`)."""
+
+RANKING = "ranking.json"
+
+
+def default_checkpoint() -> str:
+    """The bundled checkpoint used when no method is given (``decompose``, ``Decomposer.from_pretrained()``,
+    ``evaluate``, ``serve``, ``make demo``): the best-scoring one on real radiographs, as measured and written to
+    ``pretrained/ranking.json`` by ``python scripts/results.py`` (docs/results.md); :data:`DEFAULT` when no ranking
+    names a bundled checkpoint."""
+    import json
+
+    from cxrdecomp import checkpoint
+
+    try:
+        name = json.loads((checkpoint.PRETRAINED_DIR / RANKING).read_text())["default"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT
+    return name if name in checkpoint.available_pretrained() else DEFAULT
 
 
 def names() -> list[str]:
@@ -150,7 +168,7 @@ def trainer(method: str) -> Callable[[Any], os.PathLike]:
 
 
 def bundled_checkpoint(method: str | None = None) -> str:
-    """Bundled checkpoint name of a method name or alias (``None``: :data:`DEFAULT`).
+    """Bundled checkpoint name of a method name or alias (``None``: :func:`default_checkpoint`).
 
     Bundled names themselves are accepted too (``"bone"``).
 
@@ -158,7 +176,7 @@ def bundled_checkpoint(method: str | None = None) -> str:
         ConfigError: unknown method, or one with no bundled checkpoint.
     """
     if method is None:
-        return DEFAULT
+        return default_checkpoint()
     try:
         s = get(method)
     except CheckpointError:

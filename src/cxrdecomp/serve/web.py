@@ -41,6 +41,7 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse
 
 from cxrdecomp.errors import CxrdecompError, InputError
+from cxrdecomp.methods import default_checkpoint
 from cxrdecomp.serve.models import DecomposerCache, bundled_methods
 
 DISPLAY_NAMES = ("input", "bone", "soft_tissue", "enhanced")
@@ -124,13 +125,14 @@ def create_app(
         decomposer_factory: ``method name → Decomposer``; called once per method (cached).
         methods: method name → checkpoint (name or folder) the server offers; default: the
             bundled checkpoints installed (:func:`cxrdecomp.serve.models.bundled_methods`).
-        default_method: pre-selected method (default: ``"bone"`` if offered, else the first).
+        default_method: pre-selected method (default: :func:`cxrdecomp.methods.default_checkpoint` if offered, else the first).
         results_dir: where results are kept (default: a new temporary folder removed at shutdown).
         max_results: results kept at most (least recently used removed first).
         max_upload_mb: largest accepted upload.
     """
     cache = DecomposerCache(decomposer_factory, bundled_methods() if methods is None else methods)
-    default = default_method or ("bone" if "bone" in cache.methods else next(iter(cache.methods), None))
+    best = default_checkpoint()
+    default = default_method or (best if best in cache.methods else next(iter(cache.methods), None))
     own_root = results_dir is None
     root = Path(tempfile.mkdtemp(prefix="cxrdecomp-serve-")) if own_root else Path(results_dir)
     root.mkdir(parents=True, exist_ok=True)
