@@ -25,8 +25,9 @@ def water_cylinder(n: int = 96, spacing: float = 0.5, radius_mm: float = 20.0) -
     return CTVolume(hu=hu, spacing=(spacing, spacing, spacing), affine=aff, source="water_cylinder")
 
 
-def chest_phantom(n: int = 48, spacing: float = 2.0) -> CTVolume:
-    """Toy chest: water ellipse body, two air lungs, a 500-HU spine rod and 500-HU 'ribs' (slabs)."""
+def chest_phantom(n: int = 48, spacing: float = 2.0, labels: bool = False) -> CTVolume:
+    """Toy chest: water ellipse body, two air lungs, a 500-HU spine rod and 500-HU 'ribs' (slabs); with ``labels``
+    a TotalSegmentator-style label map (lungs, a vertebra, ribs)."""
     c = (np.arange(n) - (n - 1) / 2) * spacing
     X, Y, Z = np.meshgrid(c, c, c, indexing="ij")
     r = n * spacing / 2
@@ -40,4 +41,11 @@ def chest_phantom(n: int = 48, spacing: float = 2.0) -> CTVolume:
     ribs = body & (np.abs(np.abs(Y) - 0.5 * r) < 0.06 * r) & (np.sin(Z / (0.12 * r)) > 0.6)
     hu[ribs] = 500.0
     aff = np.diag([spacing, spacing, spacing, 1.0])
-    return CTVolume(hu=hu, spacing=(spacing,) * 3, affine=aff, source="chest_phantom")
+    if not labels:
+        return CTVolume(hu=hu, spacing=(spacing,) * 3, affine=aff, source="chest_phantom")
+    lab = np.zeros(hu.shape, np.int16)
+    lab[(hu == -850.0) & (X < 0)], lab[(hu == -850.0) & (X > 0)] = 10, 11
+    lab[(X**2 + (Y + 0.4 * r) ** 2 <= (0.12 * r) ** 2)] = 30
+    lab[ribs] = 40
+    names = {10: "lung_upper_lobe_left", 11: "lung_upper_lobe_right", 30: "vertebrae_T5", 40: "rib_left_5"}
+    return CTVolume(hu=hu, spacing=(spacing,) * 3, affine=aff, labels=lab, label_names=names, source="chest_phantom")

@@ -339,6 +339,8 @@ def test_train_rejects_bad_stage_and_options(tmp_path):
         train(Options(data=tmp_path, stage="seg", seg_checkpoint=tmp_path))
     with pytest.raises(ConfigError, match="give --data"):
         train(Options(stage="extract"))
+    with pytest.raises(ConfigError, match="either --data or --online"):
+        train(Options(stage="seg", data=tmp_path, online=True))
     with pytest.raises(DataNotFoundError, match="no simulated lung samples"):
         train(Options(data=tmp_path, stage="seg", out=tmp_path / "run"))
 
@@ -431,3 +433,35 @@ def test_bundled_lung_checkpoint_loads_and_predicts():
         out = predict(net, x, cfg["inference"])
     assert set(out) == {"lung", "lung_mask"} and out["lung"].shape == x.shape
     assert float(out["lung"].min()) == 0.0 and float(out["lung"].max()) == pytest.approx(1.0)
+
+
+def test_online_training_on_the_realistic_simulation(tmp_path):
+    """`train lung --online`: both stages on fresh realistic samples of a user's CT, validated on held-out anatomies;
+    the batch input is HE + CLAHE processed as at inference."""
+    import json
+
+    import nibabel as nib
+
+    from _phantoms import chest_phantom
+    from cxrdecomp.methods.lung.module import LungSegModule, train
+    from cxrdecomp.methods.lung.options import Options
+
+    torch.set_num_threads(1)
+    ct = chest_phantom(40, 2.5, labels=True)
+    p, lab = tmp_path / "ct.nii.gz", tmp_path / "lab.nii.gz"
+    nib.save(nib.Nifti1Image(ct.hu, ct.affine), str(p))
+    nib.save(nib.Nifti1Image(ct.labels, ct.affine), str(lab))
+    names = tmp_path / "structures.csv"
+    names.write_text("structure,id\n" + "".join(f"{n},{i}\n" for i, n in ct.label_names.items()))
+    common = dict(online=True, ct=p, labels=lab, label_names=names, size=32, base=4, depth=2, batch_size=2, epoch_samples=4,
+                  val_samples=2, epochs=1, accelerator="cpu", progress=False, num_workers=0)
+    seg = train(Options(stage="seg", out=tmp_path / "seg", **common))
+    ext = train(Options(stage="extract", seg_checkpoint=seg, out=tmp_path / "ext", **common))
+    cfg = json.loads((ext / "config.json").read_text())
+    assert cfg["training"]["global_step"] == 2 and "online realistic simulation" in cfg["training"]["data"]
+    assert {"val/psnr", "val/ssim", "val/mae", "seg_val/dice"} <= set(cfg["metrics"])
+    m = LungSegModule(size=32, base=4, depth=2)
+    m.he_clahe_input = True
+    x = torch.rand(2, 1, 32, 32) * 0.3 + 0.2
+    out = m.on_after_batch_transfer({"input": x}, 0)["input"]
+    assert out.min() >= 0 and out.max() <= 1 and out.std() > x.std()  # equalised to the full range

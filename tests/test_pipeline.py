@@ -190,11 +190,29 @@ def test_nodule_and_fat_layer_thicknesses_are_analytic():
     t[:, 2, 8:56, 8:56] = 0.25 * 20.0  # 20 cm of lung at 0.25 g/cm³
     t[:, 5, 8:56, 8:56] = 20.0
     p = A.AnatomyParams(nodules=((0.5, 0.5, 40.0, 0.8),), fat_layer_mm=15.0)
-    out, mask = A.add_nodules(t, p, pix)
+    out, mask, mass = A.add_nodules(t, p, pix)
     r, c = torch.nonzero(mask[0, 0]).float().mean(0).round().long().tolist()
+    assert mass[0, 0, r, c].item() == pytest.approx(0.8 * 1.03 * 4.0, rel=1e-3) and mass[0, 0][mask[0, 0] == 0].abs().max() == 0
     assert out[0, 1, r, c].item() == pytest.approx(10.0 + 0.8 * 1.03 * 4.0, rel=1e-3)  # 40 mm chord = 4 cm
     assert out[0, 2, r, c].item() == pytest.approx(5.0 - 0.25 * 4.0, rel=1e-3)
     assert mask.sum().item() == pytest.approx(math.pi * (20.0 / pix) ** 2, rel=0.05)
     assert torch.equal(out[0, 1][mask[0, 0] == 0], t[0, 1][mask[0, 0] == 0])
     fat = A.add_habitus(t, p, pix)
     assert torch.allclose(fat[:, 3], torch.full_like(fat[:, 3], 2 * 1.5 * 0.95))
+
+
+def test_lung_xray_holds_the_inserted_nodules():
+    """Lung paper §2.1: nodules are inserted into the lung, so its lung X-ray shows them brighter than the ring of
+    parenchyma around them (the nodule-weighted loss of Eq. 5 needs that), and both the radiograph and the lung
+    X-ray brighten where a nodule was inserted."""
+    from cxrdecomp.simulate.lung import nodule_contrast
+
+    sim = Simulator(chest_phantom(40, 2.5, labels=True), size=48, method="joseph")
+    plain = _plain(kvp=90.0)
+    out = sim.render(dataclasses.replace(plain, anatomy=A.AnatomyParams(nodules=((0.5, 0.3, 12.0, 1.0),))))
+    ref = sim.render(plain)
+    m = out["nodule_mask"][None]
+    assert m.sum() > 5 and ref["nodule_mask"].sum() == 0
+    assert float(nodule_contrast(out["lung"][None], m)) > 0.01
+    inside = m[0] > 0.5
+    assert (out["lung"] - ref["lung"])[inside].mean() > 0.01 and (out["image"] - ref["image"])[inside].mean() > 0.005

@@ -203,3 +203,22 @@ class SimulationDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, self.batch_size, shuffle=False, num_workers=self.num_workers,
                            sampler=EpochSampler(self.val_length, fixed=True))
+
+
+def datamodule_from_options(o, keys: Sequence[str], rename: dict[str, str] | None = None, **kwargs) -> SimulationDataModule:
+    """The :class:`SimulationDataModule` of a trainer's :class:`~cxrdecomp.train.options.OnlineOptions` (``ct``,
+    ``labels``, ``label_names``, ``size``, ``batch_size``, ``num_workers``, ``epoch_samples``, ``val_samples``,
+    ``seed``), set up. ``**kwargs``: further :class:`SimulationDataModule` / Simulator arguments.
+
+    Raises:
+        InputError / DataNotFoundError: an unreadable or unusable CT.
+    """
+    cts = None
+    if o.ct is not None:
+        from cxrdecomp.io.ct import read_ct
+
+        cts = [read_ct(o.ct, o.labels, o.label_names)]
+    dm = SimulationDataModule(cts, size=int(o.size), batch_size=o.batch_size, num_workers=o.num_workers, train_length=o.epoch_samples,
+                              val_length=o.val_samples, seed=int(o.seed), keys=keys, rename=rename, **kwargs)
+    dm.setup("fit")
+    return dm

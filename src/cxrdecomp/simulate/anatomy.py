@@ -319,8 +319,10 @@ def add_habitus(t: torch.Tensor, p: AnatomyParams, pixel_mm: float) -> torch.Ten
     return t
 
 
-def add_nodules(t: torch.Tensor, p: AnatomyParams, pixel_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Insert the nodules of ``p`` into projected thicknesses ``t (N, 6, H, W)``; returns ``(t, nodule_mask (N, 1, H, W))``.
+def add_nodules(t: torch.Tensor, p: AnatomyParams, pixel_mm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Insert the nodules of ``p`` into projected thicknesses ``t (N, 6, H, W)``; returns ``(t, nodule_mask (N, 1, H, W),
+    nodule_mass (N, 1, H, W))``, the last the soft-tissue mass (g/cm²) the nodules added (it belongs to the lung
+    X-ray: the lung paper inserts its nodules into the lung).
 
     A nodule of diameter d at (row, col) of the lung field's bounding box is moved to the nearest lung pixel;
     along its chord c (cm) it adds ``f · 1.03 · c`` g/cm² of soft tissue and removes the parenchyma it displaces
@@ -328,8 +330,9 @@ def add_nodules(t: torch.Tensor, p: AnatomyParams, pixel_mm: float) -> tuple[tor
     """
     n_, _, h, w = t.shape
     mask = torch.zeros(n_, 1, h, w, device=t.device, dtype=t.dtype)
+    mass = torch.zeros_like(mask)
     if not p.nodules:
-        return t, mask
+        return t, mask, mass
     t = t.clone()
     for n in range(n_):
         lung = t[n, 5] > 1.0  # at least 1 cm of lung along the ray
@@ -347,5 +350,6 @@ def add_nodules(t: torch.Tensor, p: AnatomyParams, pixel_mm: float) -> tuple[tor
             removed = torch.minimum(rho_lung * chord_cm, t[n, 2])
             t[n, 2] -= removed
             t[n, 1] += f * SOFT_DENSITY * chord_cm
+            mass[n, 0] += f * SOFT_DENSITY * chord_cm
             mask[n, 0] = torch.maximum(mask[n, 0], (half > 0).to(t.dtype))
-    return t, mask
+    return t, mask, mass

@@ -31,7 +31,7 @@ Stages (ranges: :class:`SimulationRanges`; each documented in docs/simulation.md
      the bone-extraction paper's −1024 HU). It carries the same noise realisation as the input (the noise
      of the input is added to its log image), so the bone image is free of quantum noise.
    * ``bone = image − soft_tissue`` in the display domain: ``soft_tissue = image − bone`` holds exactly.
-   * ``lung``: the lung X-ray (DRR of the lung parenchyma only; lung-structure paper Eq. 4), noise-free,
+   * ``lung``: the lung X-ray (DRR of the lung parenchyma and its nodules only; lung-structure paper Eq. 4), noise-free,
      on the image's linear window scale ``L_lung / (hi − lo)``.
    * ``lung_mask``, ``bone_mask``, ``nodule_mask``: 2-D masks ``{0, 1}`` (≥ 5 mm of lung, ≥ 0.5 mm of bone
      along the ray; the nodules' discs).
@@ -338,9 +338,9 @@ class Simulator:
                 self._spectra[key] = Spectrum(*tube(ph.kvp, ph.filtration_mm_al, self.bin_kev), materials=A.MATERIALS)
         return self._spectra[key]
 
-    def thickness(self, p: SampleParams) -> tuple[torch.Tensor, torch.Tensor, Detector]:
+    def thickness(self, p: SampleParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Detector]:
         """Stages 1–2: projected channels ``(1, 6, H, W)`` (g/cm² and cm, :data:`~cxrdecomp.simulate.anatomy.CHANNELS`)
-        after the 2-D anatomy, the nodule mask ``(1, 1, H, W)`` and the detector."""
+        after the 2-D anatomy, the nodule mask and the nodules' soft-tissue mass ``(1, 1, H, W)``, and the detector."""
         det, pose, pix_iso = self.detector(p.geometry)
         key = (p.anatomy.volume_key(), p.geometry)
         if key in self._projections:
@@ -354,8 +354,8 @@ class Simulator:
             while len(self._projections) > 2:
                 self._projections.popitem(last=False)
         t = A.add_habitus(t, p.anatomy, pix_iso)
-        t, nodules = A.add_nodules(t, p.anatomy, pix_iso)
-        return t, nodules, det
+        t, nodules, nodule_mass = A.add_nodules(t, p.anatomy, pix_iso)
+        return t, nodules, nodule_mass, det
 
     def field(self, g: GeometryParams) -> torch.Tensor:
         """Exposed area ``(1, 1, H, W)`` bool inside the collimator blades."""
@@ -368,7 +368,7 @@ class Simulator:
     @torch.no_grad()
     def render(self, p: SampleParams) -> dict[str, torch.Tensor]:
         """All outputs of one sample (module docstring), each ``(1, H, W)`` float32 on the simulator's device."""
-        t, nodules, det = self.thickness(p)
+        t, nodules, nodule_mass, det = self.thickness(p)
         spec = self.spectrum(p.physics)
         ph = p.physics
         mats = t[:, :4]
@@ -384,8 +384,9 @@ class Simulator:
             soft[:, 1] += t[:, 4] * SOFT_DENSITY
         elif self.target == "mass":
             soft[:, 1] += t[:, 0]
-        lung_only = torch.zeros_like(mats)
+        lung_only = torch.zeros_like(mats)  # the lung X-ray: parenchyma and the nodules inserted into it
         lung_only[:, 2] = mats[:, 2]
+        lung_only[:, 1] = nodule_mass[:, 0]
         primary = polyenergetic_intensity(torch.cat([mats, soft, lung_only]), spec)  # (3, 1, H, W)
         fld = self.field(p.geometry)
         exposed = primary[:2] * fld  # the blades stop the primary

@@ -69,3 +69,15 @@ class TrainOptions:
         """``devices`` as Lightning wants it: an int, or a string such as ``"auto"``."""
         d = str(self.devices)
         return int(d) if d.isdigit() else d
+
+
+@dataclass
+class OnlineOptions(TrainOptions):
+    """Options of the methods that can train on online realistic simulation (:mod:`cxrdecomp.data.online`)."""
+
+    online: bool = option(False, "Render realistic samples on the fly (anatomy, cone beam, polyenergetic physics, detector, processing) instead of --data.")
+    ct: Optional[Path] = option(None, "CT for --online (NIfTI, NRRD/MHA or a DICOM series folder); default: the example CT with its labels.")
+    labels: Optional[Path] = option(None, "Label map of --ct (same grid), for the bone groups and lungs.")
+    label_names: Optional[Path] = option(None, "structures.csv (columns structure,id) of --labels.")
+    epoch_samples: int = option(2000, "--online: fresh samples per epoch.")
+    val_samples: int = option(64, "--online: validation samples (the held-out anatomy bank).")

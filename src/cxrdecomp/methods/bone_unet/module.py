@@ -149,17 +149,9 @@ def train(o: Options) -> Path:
         root = Path(o.real_pairs)
         real = RealPairs(root / "train" if (root / "train").is_dir() else root, size=size)
     if o.online:
-        from cxrdecomp.data.online import SimulationDataModule
+        from cxrdecomp.data.online import datamodule_from_options
 
-        cts = None
-        if o.ct is not None:
-            from cxrdecomp.io.ct import read_ct
-
-            cts = [read_ct(o.ct, o.labels, o.label_names)]
-        dm = SimulationDataModule(cts, size=size, batch_size=o.batch_size, num_workers=o.num_workers, train_length=o.epoch_samples,
-                                  val_length=o.val_samples, seed=int(o.seed), keys=("image", "bone"), rename={"image": "x"}, target=o.target,
-                                  real=real, real_every=o.real_every)
-        dm.setup("fit")
+        dm = datamodule_from_options(o, ("image", "bone"), {"image": "x"}, target=o.target, real=real, real_every=o.real_every)
         train_ds, desc = dm.train_set, dm.describe()
         extra["use_distributed_sampler"] = False  # the EpochSampler splits the indices by rank
     else:

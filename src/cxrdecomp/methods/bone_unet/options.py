@@ -5,20 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrdecomp.train.options import TrainOptions, option
+from cxrdecomp.train.options import OnlineOptions, option
 
 
 @dataclass
-class Options(TrainOptions):
+class Options(OnlineOptions):
     """Adam (lr 1e-3), batch 8, L1 on the normalised bone target, optional VGG16 perceptual loss (Eq. 5)."""
 
     data: Path | None = option(None, "A `cxrdecomp simulate` output folder (samples/*.npz).")
-    online: bool = option(False, "Render realistic samples on the fly (anatomy, cone beam, polyenergetic physics, detector, processing) instead of --data.")
-    ct: Path | None = option(None, "CT for --online (NIfTI, NRRD/MHA or a DICOM series folder); default: the example CT with its labels.")
-    labels: Path | None = option(None, "Label map of --ct (same grid), for the bone groups and lungs.")
-    label_names: Path | None = option(None, "structures.csv (columns structure,id) of --labels.")
-    epoch_samples: int = option(2000, "--online: fresh samples per epoch.")
-    val_samples: int = option(64, "--online: validation samples (the held-out anatomy bank).")
     target: str = option("volume", "--online: bone replacement of the soft-tissue target: volume, mass or air.")
     out: Path = option(Path("runs/bone"), "Run folder: last.ckpt (resume), logs/, metrics.json, model/.", flag="-o")
     base: int = option(32, "Filters of the first U-Net level (paper: 32).")

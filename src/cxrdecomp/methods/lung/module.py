@@ -16,6 +16,12 @@ on the simulated views of :mod:`cxrdecomp.simulate.lung_generate` (``cxrdecomp s
   and the nodule contrast of prediction and target (:func:`cxrdecomp.simulate.lung.nodule_contrast`)
   with their ratio.
 
+Data: with ``--online``, fresh samples of the realistic simulation (:mod:`cxrdecomp.data.online`: anatomy
+variation, cone beam, polyenergetic physics, detector, "for presentation" processing, 2-D nodules) with its lung
+X-ray (``lung``, Eq. 4 on the image's window scale), lung and nodule masks; the radiograph goes through HE + CLAHE
+on the batch (:func:`cxrdecomp.preprocess.he_clahe`, as at inference), and validation uses the held-out anatomy
+bank. Else the stored views of ``cxrdecomp simulate-lung`` (already HE + CLAHE processed).
+
 Augmentation (:class:`cxrdecomp.data.augment.PairedAffine`, zeros outside) runs on the device on each
 batch, one random affine per image shared by the image and its targets.
 
@@ -42,7 +48,7 @@ from cxrdecomp.methods.lung.losses import nodule_weighted_l1, weighted_bce
 from cxrdecomp.methods.lung.network import LungNet, build
 from cxrdecomp.methods.lung.options import STAGES, Options
 from cxrdecomp.methods.lung.predict import LUNG_THRESHOLD
-from cxrdecomp.preprocess import lung_normalize
+from cxrdecomp.preprocess import he_clahe, lung_normalize
 from cxrdecomp.simulate.lung import nodule_contrast
 from cxrdecomp.train import MethodModule, fit
 
@@ -76,6 +82,12 @@ class LungModule(MethodModule):
         self.inference_defaults = {"w": 1.0, "w_levels": [0.5, 1.0, 2.0], "lung_threshold": LUNG_THRESHOLD, "enhanced_rescale": True}
         self.lr = float(lr)
         self.dtype_name = dtype
+        self.he_clahe_input = False  # online samples: HE + CLAHE on the batch (stored views have it already)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self.he_clahe_input:
+            batch["input"] = he_clahe(batch["input"])
+        return batch
 
     def export_config(self, metrics: dict[str, float], training: dict[str, Any]) -> dict[str, Any]:
         cfg = super().export_config(metrics, training)
@@ -220,7 +232,8 @@ def train(o: Options) -> Path:
     ``o.seg_checkpoint`` exports both trained networks (see the module docstring).
 
     Raises:
-        ConfigError: unknown stage, ``seg_checkpoint`` with stage ``seg``, no ``data``, unknown ``dtype``.
+        ConfigError: unknown stage, ``seg_checkpoint`` with stage ``seg``, neither or both of ``data`` and ``online``,
+            unknown ``dtype``.
         DataNotFoundError: no simulated samples in ``data/train`` or ``data/val``.
         CheckpointError: unusable ``seg_checkpoint``.
     """
@@ -228,19 +241,31 @@ def train(o: Options) -> Path:
         raise ConfigError(f"unknown lung training stage {o.stage!r}: use 'seg' (segmentation U-Net, first) or 'extract' (extraction U-Net)")
     if o.stage == "seg" and o.seg_checkpoint is not None:
         raise ConfigError("--seg-checkpoint belongs to --stage extract (it bundles a trained segmentation U-Net into the extraction run)")
-    if o.data is None:
-        raise ConfigError("give --data: a folder written by `cxrdecomp simulate-lung` (train/ and val/)")
+    if o.data is None and not o.online:
+        raise ConfigError("give --data (a folder written by `cxrdecomp simulate-lung`, train/ and val/) or --online")
+    if o.data is not None and o.online:
+        raise ConfigError("give either --data or --online, not both")
     if o.dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype must be 'float16' or 'float32', not {o.dtype!r}")
     torch.manual_seed(int(o.seed))
-    root, size = Path(o.data), int(o.size)
-    train_ds, val_ds = LungSimDataset(root / "train", size), LungSimDataset(root / "val", size)
+    size = int(o.size)
     common = {"size": size, "base": o.base, "depth": o.depth, "dilate_from": o.dilate_from, "noise_std": o.noise_std, "lr": o.lr, "dtype": o.dtype}
     if o.stage == "seg":
         module: LungModule = LungSegModule(**common)
     else:
         module = LungExtractModule(w_nodule=o.w_nodule, seg_checkpoint=o.seg_checkpoint, **common)
-    train_loader = make_loader(train_ds, o.batch_size, shuffle=True, num_workers=o.num_workers)
-    val_loader = make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers)
-    desc = f"{len(train_ds)} simulated training views, {len(val_ds)} validation views from {root}"
-    return fit(module, train_loader, val_loader, o, data_description=desc)
+    extra = {}
+    if o.online:
+        from cxrdecomp.data.online import datamodule_from_options
+
+        dm = datamodule_from_options(o, ("image", "lung", "lung_mask", "nodule_mask"), {"image": "input"})
+        train_loader, val_loader, desc = dm.train_dataloader(), dm.val_dataloader(), dm.describe()
+        module.he_clahe_input = True
+        extra["use_distributed_sampler"] = False  # the EpochSampler splits the indices by rank
+    else:
+        root = Path(o.data)
+        train_ds, val_ds = LungSimDataset(root / "train", size), LungSimDataset(root / "val", size)
+        train_loader = make_loader(train_ds, o.batch_size, shuffle=True, num_workers=o.num_workers)
+        val_loader = make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers)
+        desc = f"{len(train_ds)} simulated training views, {len(val_ds)} validation views from {root}"
+    return fit(module, train_loader, val_loader, o, data_description=desc, **extra)

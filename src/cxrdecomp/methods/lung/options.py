@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cxrdecomp.train.options import TrainOptions, option
+from cxrdecomp.train.options import OnlineOptions, option
 
 STAGES = ("seg", "extract")
 
 
 @dataclass
-class Options(TrainOptions):
+class Options(OnlineOptions):
     """Adam (lr 1e-4), batch 8; the stage picks the network: seg (weighted BCE) or extract (Eq. 5 loss).
 
     Train --stage seg first, then --stage extract --seg-checkpoint SEG/model: the exported extraction
@@ -20,7 +20,7 @@ class Options(TrainOptions):
     run with --seg-checkpoint re-exports it with the segmentation network bundled.
     """
 
-    data: Optional[Path] = option(None, "Folder written by `cxrdecomp simulate-lung` (train/ and val/).")
+    data: Optional[Path] = option(None, "Folder written by `cxrdecomp simulate-lung` (train/ and val/); or --online.")
     out: Path = option(Path("runs/lung"), "Run folder: last.ckpt (resume), logs/, metrics.json, model/.", flag="-o")
     stage: str = option("seg", "seg: train the lung segmentation U-Net; extract: the lung-structure extraction U-Net.")
     seg_checkpoint: Optional[Path] = option(
