@@ -197,3 +197,36 @@ def test_demo_command_and_path_input(tiny_ckpt, tmp_path, monkeypatch):
     assert out.bone.shape == (ds.Rows, ds.Columns) and ds.PhotometricInterpretation == "MONOCHROME1"
     img = out.soft_tissue + out.bone
     assert float(img[: ds.Rows // 10].mean()) < float(img[ds.Rows // 3 : ds.Rows // 2, ds.Columns // 2 - 50 : ds.Columns // 2 + 50].mean())
+
+
+def test_derived_uids_repeat_for_the_same_derivation_only(tiny_ckpt, tmp_path):
+    """A resend of the same instance decomposed the same way gets the same Series/SOP Instance UIDs (a PACS then
+    replaces instead of adding a duplicate series); other options, weights or another source get new ones."""
+    from cxrdecomp.batch import derivation, write_case
+
+    src = cached_example("RG1_UNCI.dcm")
+    rg = read_radiograph(src)
+    dec = Decomposer.from_pretrained(tiny_ckpt, device="cpu")
+    d = dec(rg.image)
+
+    def uids(name, options, checkpoint=str(tiny_ckpt)):
+        folder = write_case(tmp_path / name, rg, d, dec.method, options, checkpoint=checkpoint)
+        return {k: (pydicom.dcmread(folder / f"{k}.dcm", stop_before_pixels=True).SeriesInstanceUID,
+                    pydicom.dcmread(folder / f"{k}.dcm", stop_before_pixels=True).SOPInstanceUID) for k in ("bone", "soft_tissue")}
+
+    a, b, c = uids("a", {"w": 1.0}), uids("b", {"w": 1.0}), uids("c", {"w": 2.0})
+    assert a == b and a != c
+    assert a["bone"][0] != a["soft_tissue"][0] and a["bone"][1] != a["bone"][0]  # series and instances all distinct
+    assert all(u.startswith("2.25.") and len(u) <= 64 for pair in a.values() for u in pair)
+    other = tmp_path / "other_ckpt"
+    import shutil
+
+    shutil.copytree(tiny_ckpt, other)
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(other / "model.safetensors"))
+    k0 = next(iter(w))
+    w[k0] = w[k0] + 1
+    save_file(w, str(other / "model.safetensors"))
+    assert derivation("bone_unet", str(other), {"w": 1.0}) != derivation("bone_unet", str(tiny_ckpt), {"w": 1.0})
+    assert uids("d", {"w": 1.0}, checkpoint=str(other)) != a

@@ -118,6 +118,19 @@ def _json_safe(v):
     return str(v)
 
 
+def derivation(method: str, checkpoint: str | None, options: dict) -> str:
+    """What makes a decomposition (method, weights digest, options) as one canonical JSON string: the seed of the
+    derived DICOM UIDs (:class:`cxrdecomp.io.dicom_out.DerivedStudy`)."""
+    from cxrdecomp import checkpoint as ckpt
+    from cxrdecomp.errors import CheckpointError
+
+    try:
+        weights = ckpt.digest(checkpoint) if checkpoint is not None else None
+    except (CheckpointError, OSError):
+        weights = str(checkpoint)
+    return json.dumps({"method": method, "weights": weights, "options": _json_safe(options)}, sort_keys=True, default=str)
+
+
 def write_case(
     folder: Path, rg: Radiograph, dec, method: str, options: dict, write_dicom: bool = True, checkpoint: str | None = None, write_workers: int = 3
 ) -> Path:
@@ -163,7 +176,7 @@ def write_case(
             jobs.append((images.write_png16, (tmp / f"{kind}.png", px)))
             files[f"{kind}.png"] = f"{kind}.png"
         if write_dicom:
-            study = DerivedStudy(rg.dataset, rg.path.name)
+            study = DerivedStudy(rg.dataset, rg.path.name, derivation=derivation(method, checkpoint, options))
             for kind, px in pixels.items():
                 rng = tuple(ranges[kind]) if kind in ranges else None
                 jobs.append((partial(study.write, pixel_spacing=rg.pixel_spacing, display_range=rng), (tmp / f"{kind}.dcm", px, kind, method)))

@@ -15,6 +15,8 @@ folder describes is :func:`cxrdecomp.methods.load` (registry → builder → :fu
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -54,6 +56,26 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         if not (p / f).is_file():
             raise CheckpointError(f"checkpoint folder {p} has no {f}; it was not written by cxrdecomp or is incomplete")
     return p
+
+
+def digest(name_or_path: str | os.PathLike) -> str:
+    """SHA-256 of a checkpoint's weights file (hex, first 16 digits): which weights made an output.
+
+    Raises:
+        CheckpointError: not a checkpoint.
+    """
+    p = resolve(name_or_path) / WEIGHTS
+    st = p.stat()
+    return _digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def load_config(folder: str | os.PathLike) -> dict[str, Any]:

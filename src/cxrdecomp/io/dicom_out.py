@@ -2,7 +2,8 @@
 
 Each derived image type becomes one instance in a NEW series of the SAME study as the source
 radiograph: patient and study attributes are copied from the source (``highdicom.sc.SCImage.
-from_ref_dataset``), Series and SOP Instance UIDs are new, ``SeriesDescription`` names the image
+from_ref_dataset``), Series and SOP Instance UIDs are new (derived deterministically from the source instance and
+the derivation when both are known, so a resend replaces rather than duplicates), ``SeriesDescription`` names the image
 type and the method (e.g. ``"Bone image (bone_unet, cxrdecomp)"``), ``ImageType`` is
 ``DERIVED\\SECONDARY\\<TYPE>``, pixels are 16-bit ``MONOCHROME2`` (display domain ``[0, 1]`` scaled to
 ``0..65535``), ``PixelSpacing`` is kept, and a ``SourceImageSequence`` points at the source instance.
@@ -57,10 +58,15 @@ class DerivedStudy:
     Args:
         source: the pydicom Dataset of a DICOM input, or ``None`` (a new study is made).
         name: file name of the input (seeds the placeholder PatientID of a non-DICOM input).
+        derivation: what made the derived images (method, checkpoint digest, options), e.g. a JSON string. With a
+            source that has a SOP Instance UID, each derived series and instance UID is a hash of (source SOP Instance
+            UID, derivation, image kind) (:func:`derived_uid`): decomposing the same instance the same way again gives
+            the same UIDs, so a PACS replaces or ignores the resend instead of adding a duplicate series.
     """
 
     source: object | None = None
     name: str = "image"
+    derivation: str | None = None
     _ref: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +90,9 @@ class DerivedStudy:
         ds.ReferringPhysicianName = ""
         ds.StudyDescription = "cxrdecomp derived images"
         return ds
+
+    def _deterministic(self) -> bool:
+        return self.derivation is not None and self.source is not None and bool(self._ref.get("SOPInstanceUID"))
 
     @property
     def study_instance_uid(self) -> str:
@@ -119,15 +128,17 @@ class DerivedStudy:
         label, code, offset = _label(kind)
         pixels = to_uint16(image)
         ref = self._ref
+        series_uid, sop_uid = (str(hd.UID()), str(hd.UID())) if not self._deterministic() else (
+            derived_uid(ref.SOPInstanceUID, self.derivation, kind, "series"), derived_uid(ref.SOPInstanceUID, self.derivation, kind, "instance"))
         orientation = _orientation(ref)
         common = dict(
             pixel_array=pixels,
             photometric_interpretation="MONOCHROME2",
             bits_allocated=16,
             coordinate_system="PATIENT",
-            series_instance_uid=str(hd.UID()),
+            series_instance_uid=series_uid,
             series_number=SERIES_NUMBER_BASE + offset,
-            sop_instance_uid=str(hd.UID()),
+            sop_instance_uid=sop_uid,
             instance_number=1,
             manufacturer=MANUFACTURER,
             pixel_spacing=tuple(float(v) for v in pixel_spacing) if pixel_spacing else None,
@@ -180,6 +191,16 @@ class DerivedStudy:
             referring_physician_name=None,
             **common,
         )
+
+
+def derived_uid(source_sop_instance_uid: str, derivation: str, kind: str, level: str) -> str:
+    """A UID that is a pure function of the source instance, the derivation, the image kind and the level
+    (``"series"`` or ``"instance"``): ``2.25.<integer of a name-based UUID>`` (UUID version 5, SHA-1; the UUID-derived
+    UID form of ISO/IEC 9834-8 and DICOM PS3.5 B.2)."""
+    import uuid
+
+    name = "\x1f".join(["cxrdecomp", str(source_sop_instance_uid), derivation, kind, level])
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
 
 def _orientation(ds) -> tuple[str, str] | None:
