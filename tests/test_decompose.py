@@ -230,3 +230,18 @@ def test_derived_uids_repeat_for_the_same_derivation_only(tiny_ckpt, tmp_path):
     save_file(w, str(other / "model.safetensors"))
     assert derivation("bone_unet", str(other), {"w": 1.0}) != derivation("bone_unet", str(tiny_ckpt), {"w": 1.0})
     assert uids("d", {"w": 1.0}, checkpoint=str(other)) != a
+
+
+def test_unwritable_output_is_one_line_and_exit_2(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from cxrdecomp import cli
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setattr(sys, "argv", ["cxrdecomp", "decompose", str(cached_example("RG1_UNCI.dcm")), "-o", str(blocker / "out"),
+                                      "-c", str(tiny_ckpt), "-q"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("cxrdecomp: error: cannot use") and "a_file" in err[0]

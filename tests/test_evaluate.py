@@ -109,6 +109,9 @@ def test_pred_path_perfect_resized_and_16_bit(pairs, tmp_path):
     assert "resized to truth" in by["JPC3"]["notes"]
     assert abs(float(by["JPC3"]["bsr"])) < 0.2
     assert any("resized" in n for n in s["notes"])
+    psnr = s["results"]["pred"]["psnr"]  # JPC1's infinite PSNR is left out of the mean, and the summary says so
+    assert psnr["n"] + psnr["n_infinite"] == 3 and psnr["n"] >= 1 and np.isfinite(psnr["mean"])
+    assert any(f"pred psnr: {psnr['n_infinite']} infinite value" in n for n in s["notes"])
 
 
 def test_missing_predictions_and_masks(pairs, tmp_path):

@@ -1,6 +1,7 @@
 """The ``cxrdecomp`` command line (typer), one module per verb.
 
-Every :class:`cxrdecomp.errors.CxrdecompError` becomes one line on stderr and exit code 2.
+Every :class:`cxrdecomp.errors.CxrdecompError`, and every file-system error on a named path (an unwritable or
+impossible ``-o``, a full disk), becomes one line on stderr and exit code 2.
 Heavy modules are imported inside the commands so that ``cxrdecomp --help`` stays fast.
 """
 
@@ -22,6 +23,11 @@ def main() -> None:
         app(standalone_mode=False)
     except CxrdecompError as e:
         print(f"cxrdecomp: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if not e.filename:
+            raise
+        print(f"cxrdecomp: error: cannot use {e.filename}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("cxrdecomp: aborted", file=sys.stderr)

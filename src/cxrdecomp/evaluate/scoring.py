@@ -152,16 +152,23 @@ def score_images(pred: np.ndarray, truth: np.ndarray, image: np.ndarray, mask: n
 
 
 def summarize(values: Iterable[float]) -> dict[str, float | int]:
-    """``{"mean", "std", "median", "n"}`` over the finite values (std with ddof = 1; 0 for n = 1)."""
-    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    """``{"mean", "std", "median", "n"}`` over the finite values (std with ddof = 1; 0 for n = 1), plus ``"n_infinite"``
+    when infinite values (e.g. the PSNR of a perfect prediction) were left out."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    a = np.asarray([v for v in vals if math.isfinite(v)], dtype=np.float64)
+    n_inf = len(vals) - a.size
     if a.size == 0:
-        return {"mean": None, "std": None, "median": None, "n": 0}
-    return {
-        "mean": float(a.mean()),
-        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-        "median": float(np.median(a)),
-        "n": int(a.size),
-    }
+        out = {"mean": None, "std": None, "median": None, "n": 0}
+    else:
+        out = {
+            "mean": float(a.mean()),
+            "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "median": float(np.median(a)),
+            "n": int(a.size),
+        }
+    if n_inf:
+        out["n_infinite"] = int(n_inf)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,13 +321,18 @@ def run_evaluation(samples: Iterable[Sample], out: str | os.PathLike, *, label: 
             w.writeheader()
             for r in rows:
                 w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    results = {src: {k: summarize(per[src][k]) for k in metric_names} for src in (label, IDENTITY)}
+    for src, res in results.items():
+        for k, st in res.items():
+            if st.get("n_infinite"):
+                notes.append(f"{src} {k}: {st['n_infinite']} infinite value(s) (a perfect prediction) left out of mean/std/median")
     summary = {
         "prediction": label,
         **(info or {}),
         "n_images": n_images,
         "domain": "display [0, 1] (air dark, bone bright), data_range = 1, at the truth's resolution",
         "std": "sample standard deviation (ddof = 1) over images; mean/median/std over finite values, n counts them",
-        "results": {src: {k: summarize(per[src][k]) for k in metric_names} for src in (label, IDENTITY)},
+        "results": results,
         "metrics": {k: METRIC_INFO[k] for k in metric_names},
         "notes": notes,
     }
