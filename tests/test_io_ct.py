@@ -70,12 +70,15 @@ def test_dicom_series_ras_and_hu(tmp_path):
     assert np.median(v.hu) == pytest.approx(0.0)
 
 
-def test_dicom_missing_slice_resampled_with_warning(tmp_path):
+def test_dicom_missing_slice_resampled_with_warning(tmp_path, capfd):
+    """One Python warning, and none of ITK's C++ warnings ("Non uniform sampling ...") on the process's stderr."""
     _write_series(tmp_path / "ct", n=7, skip=(3,))
+    capfd.readouterr()
     with pytest.warns(UserWarning, match="uneven slice spacing"):
         v = read_ct(tmp_path / "ct")
     assert v.shape[2] == 7 and v.spacing[2] == pytest.approx(2.0)
     assert np.isfinite(v.hu).all()
+    assert "WARNING" not in capfd.readouterr().err
 
 
 def test_dicom_two_series_names_both(tmp_path):

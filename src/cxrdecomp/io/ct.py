@@ -83,8 +83,17 @@ def _sitk_to_ras(img) -> tuple[np.ndarray, np.ndarray]:
     return _to_ras(data, aff)
 
 
-def _read_itk_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _sitk():
+    """SimpleITK with its C++ warning display off (ITK prints warnings straight onto stderr, past Python's
+    logging; what matters is raised as an exception and reported as one line)."""
     import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk
+
+
+def _read_itk_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    sitk = _sitk()
 
     try:
         img = sitk.ReadImage(str(path))
@@ -105,7 +114,7 @@ def _resample_slices(data_ijk: np.ndarray, pos: np.ndarray, step: float) -> tupl
 
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """One DICOM CT series of a folder → ``(X, Y, Z)`` RAS HU and affine (uneven slices resampled)."""
-    import SimpleITK as sitk
+    sitk = _sitk()
 
     ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not ids:
