@@ -146,15 +146,56 @@ def test_index_page_and_methods(client, tiny_ckpt):
     assert isinstance(j["pretrained"], list)
 
 
-def test_result_store_lru(tmp_path):
-    s = ResultStore(tmp_path, max_count=2)
+def test_result_store_lru_never_removes_results_in_progress(tmp_path):
+    from cxrdecomp.serve.web import StoreFull
+
+    s = ResultStore(tmp_path, max_count=2, max_pending=3)
     a, fa = s.new()
     b, _ = s.new()
-    assert s.get(a) == fa  # a is now the most recently used
     c, _ = s.new()
+    with pytest.raises(StoreFull):
+        s.new()  # the queue is full
+    for r in (a, b):
+        s.commit(r)
+    assert s.get(a) == fa  # a is now the most recently used
+    assert s.get(c) is None and (tmp_path / c).is_dir()  # in progress: not served, not removed
+    s.commit(c)
     assert s.get(b) is None and s.get(a) is not None and s.get(c) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a, c])
+    d, _ = s.new()
+    s.discard(d)  # a failed upload removes only itself
+    assert s.get(a) is not None and s.get(c) is not None and not (tmp_path / d).exists()
     assert s.get("../etc") is None
+
+
+def test_concurrent_uploads_beyond_max_results_never_fail(client):
+    """Reproducer of issue 15 item 3: 8 concurrent uploads with max_results=3 gave 5×500. Now each is 200 (or 503 with
+    Retry-After when the queue is full), and a bad upload into a full store removes no good result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(seed):
+        return client.post("/api/decompose", files={"file": ("c.dcm", synthetic_cr((64, 64), seed), "application/dicom")})
+
+    with ThreadPoolExecutor(8) as pool:
+        rs = list(pool.map(post, range(8)))
+    assert all(r.status_code in (200, 503) for r in rs), [r.status_code for r in rs]
+    assert all("Retry-After" in r.headers for r in rs if r.status_code == 503)
+    ok = [r.json()["id"] for r in rs if r.status_code == 200]
+    assert len(ok) >= 3
+    kept = [i for i in ok if client.get(f"/api/results/{i}").status_code == 200]
+    assert len(kept) == 3
+    bad = client.post("/api/decompose", files={"file": ("x.png", b"not an image", "image/png")})
+    assert bad.status_code == 400
+    assert all(client.get(f"/api/results/{i}/bone.png").status_code == 200 for i in kept)
+
+
+def test_full_queue_is_503_with_retry_after(client):
+    store = client.app.state.store
+    held = [store.new()[0] for _ in range(store.max_pending)]
+    r = client.post("/api/decompose", files={"file": ("c.dcm", synthetic_cr((64, 64), 0), "application/dicom")})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5" and "busy" in r.json()["detail"]
+    for h in held:
+        store.discard(h)
 
 
 def test_ct_upload_400_names_the_file(client):

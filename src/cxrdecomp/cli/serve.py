@@ -29,6 +29,7 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     max_results: int = typer.Option(20, "--max-results", min=1, help="Results kept in the temporary folder (least recently used removed)."),
+    max_queue: int = typer.Option(8, "--max-queue", min=1, help="Uploads in progress at most; more get HTTP 503 with Retry-After."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
 ) -> None:
     """Web viewer: upload a radiograph, see input / bone / soft tissue / enhanced, tune w in the browser."""
@@ -42,7 +43,8 @@ def serve_cmd(
     methods = _served_methods(method, checkpoint)
     if method not in methods:
         raise ConfigError(f"no bundled checkpoint for --method {method!r} (installed: {sorted(methods) or 'none'}); give --checkpoint FOLDER")
-    app_ = create_app(lambda m: load_decomposer(m, methods[m], device)[0], methods, default_method=method, max_results=max_results)
+    app_ = create_app(lambda m: load_decomposer(m, methods[m], device)[0], methods, default_method=method, max_results=max_results,
+                      max_queue=max_queue)
     typer.echo(f"cxrdecomp viewer on http://{host}:{port}/  (Ctrl-C to stop)", err=True)
     serve(app_, host=host, port=port)
 

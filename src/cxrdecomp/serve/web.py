@@ -48,44 +48,75 @@ DISPLAY_NAMES = ("input", "bone", "soft_tissue", "enhanced")
 FILES = "files"  # sub-folder of a result holding write_case's outputs
 RESULT = "result.json"  # the JSON answer of POST /api/decompose, for GET /api/results/{id}
 _ID = re.compile(r"^[0-9a-f]{32}$")
+RETRY_AFTER_S = 5  # seconds, the Retry-After of a 503 when the upload queue is full
 _MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
 
 
-class ResultStore:
-    """Result folders ``root/<id>/`` with at most ``max_count`` kept (least recently used removed)."""
+class StoreFull(Exception):
+    """Too many results in progress (the upload queue is full): answered with 503 and ``Retry-After``."""
 
-    def __init__(self, root: Path, max_count: int = 20):
+
+class ResultStore:
+    """Result folders ``root/<id>/``: at most ``max_count`` finished results kept (least recently used removed first)
+    and at most ``max_pending`` in progress.
+
+    A result in progress is never removed, and removal happens only when a result is finished
+    (:meth:`commit`), so neither a burst of uploads nor a failing one can remove a result that a request is still
+    making or that was just made; a failed upload (:meth:`discard`) removes nothing else.
+    """
+
+    def __init__(self, root: Path, max_count: int = 20, max_pending: int = 8):
         self.root = Path(root)
         self.max_count = max(1, int(max_count))
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.max_pending = max(1, int(max_pending))
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._pending: set[str] = set()
         self._lock = threading.Lock()
 
     def new(self) -> tuple[str, Path]:
-        rid = uuid.uuid4().hex
+        """Reserve a folder for a result in progress.
+
+        Raises:
+            StoreFull: ``max_pending`` results are already in progress.
+        """
+        with self._lock:
+            if len(self._pending) >= self.max_pending:
+                raise StoreFull(f"{len(self._pending)} uploads are already waiting to be decomposed")
+            rid = uuid.uuid4().hex
+            self._pending.add(rid)
         folder = self.root / rid
         folder.mkdir(parents=True)
-        with self._lock:
-            self._ids[rid] = None
-            while len(self._ids) > self.max_count:
-                old, _ = self._ids.popitem(last=False)
-                shutil.rmtree(self.root / old, ignore_errors=True)
         return rid, folder
 
-    def get(self, rid: str) -> Path | None:
-        """The folder of ``rid`` (marked as recently used), or ``None`` if unknown or evicted."""
+    def commit(self, rid: str) -> None:
+        """Mark ``rid`` finished (the most recently used); remove the least recently used finished results beyond
+        ``max_count``."""
         with self._lock:
-            if not _ID.match(rid) or rid not in self._ids:
+            self._pending.discard(rid)
+            self._done[rid] = None
+            self._done.move_to_end(rid)
+            old = []
+            while len(self._done) > self.max_count:
+                old.append(self._done.popitem(last=False)[0])
+        for o in old:
+            shutil.rmtree(self.root / o, ignore_errors=True)
+
+    def get(self, rid: str) -> Path | None:
+        """The folder of a finished ``rid`` (marked as recently used), or ``None`` if unknown, unfinished or removed."""
+        with self._lock:
+            if not _ID.match(rid) or rid not in self._done:
                 return None
-            self._ids.move_to_end(rid)
+            self._done.move_to_end(rid)
         return self.root / rid
 
     def discard(self, rid: str) -> None:
         with self._lock:
-            self._ids.pop(rid, None)
+            self._pending.discard(rid)
+            self._done.pop(rid, None)
         shutil.rmtree(self.root / rid, ignore_errors=True)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._done) + len(self._pending)
 
 
 def _upload_name(filename: str | None, head: bytes) -> str:
@@ -118,6 +149,7 @@ def create_app(
     results_dir: str | Path | None = None,
     max_results: int = 20,
     max_upload_mb: float = 256,
+    max_queue: int = 8,
 ):
     """Build the FastAPI app (module docstring).
 
@@ -127,7 +159,8 @@ def create_app(
             bundled checkpoints installed (:func:`cxrdecomp.serve.models.bundled_methods`).
         default_method: pre-selected method (default: :func:`cxrdecomp.methods.default_checkpoint` if offered, else the first).
         results_dir: where results are kept (default: a new temporary folder removed at shutdown).
-        max_results: results kept at most (least recently used removed first).
+        max_results: results kept at most (least recently used removed first; never one in progress).
+        max_queue: uploads in progress at most (decomposed one at a time); more are answered 503 with ``Retry-After``.
         max_upload_mb: largest accepted upload.
     """
     cache = DecomposerCache(decomposer_factory, bundled_methods() if methods is None else methods)
@@ -136,7 +169,7 @@ def create_app(
     own_root = results_dir is None
     root = Path(tempfile.mkdtemp(prefix="cxrdecomp-serve-")) if own_root else Path(results_dir)
     root.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(root, max_results)
+    store = ResultStore(root, max_results, max_queue)
     busy = threading.Lock()
     page = (Path(__file__).with_name("index.html")).read_text(encoding="utf-8")
 
@@ -171,9 +204,14 @@ def create_app(
         w: float | None = Query(None, description="enhancement weight: enhanced = input + w*bone"),
         w_s: float | None = Query(None, description="suppression weight: soft tissue = input - w_s*bone"),
     ) -> dict:
-        rid, folder = store.new()
         try:
-            return _decompose(rid, folder, file, method or default or "", w, w_s)
+            rid, folder = store.new()
+        except StoreFull as e:
+            raise HTTPException(status_code=503, detail=f"busy: {e}; try again shortly", headers={"Retry-After": str(RETRY_AFTER_S)}) from e
+        try:
+            result = _decompose(rid, folder, file, method or default or "", w, w_s)
+            store.commit(rid)
+            return result
         except CxrdecompError as e:
             store.discard(rid)
             raise HTTPException(status_code=400, detail=str(e)) from e
