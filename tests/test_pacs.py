@@ -44,12 +44,12 @@ def tiny(tmp_path_factory):
 class Sink:
     """A second Storage SCP on loopback that keeps what it receives (the 'originating PACS')."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.received: list = []
         self.got = threading.Event()
         ae = AE(ae_title="SINK")
         ae.add_supported_context(SecondaryCaptureImageStorage)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
 
     def _store(self, event):
@@ -96,7 +96,7 @@ def test_echo_store_and_forward(node, tmp_path):
             assert assoc.send_c_store(src).Status == 0x0000
         finally:
             assoc.release()
-        assert scp.wait_idle(TIMEOUT) and sink.got.wait(TIMEOUT)
+        assert scp.wait_idle(TIMEOUT) and sink.got.wait(TIMEOUT) and scp.wait_sent(TIMEOUT)
 
         folder = tmp_path / "out" / src.StudyInstanceUID / src.SOPInstanceUID
         series = set()
@@ -173,13 +173,20 @@ def test_forward_spec():
     assert Destination.parse("10.0.0.5:104:ORTHANC") == Destination("10.0.0.5", 104, "ORTHANC")
 
 
-def test_forward_to_closed_port_keeps_outputs(node, tmp_path):
+def test_forward_survives_a_down_destination_and_a_restart_and_arrives_once(node, tiny, tmp_path):
+    """Reproducer of issue 15 item 1: the destination is down when the results are ready. They wait in the outbox
+    (attempts logged, state in a job file and `pacs --status`), survive a restart of the node, and arrive exactly once
+    when the destination comes back."""
     import socket
 
-    with socket.socket() as s:  # a loopback port with nobody listening
+    from typer.testing import CliRunner
+
+    from cxrdecomp.cli import app
+
+    with socket.socket() as s:  # a loopback port with nobody listening (yet)
         s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    scp = node(forward=Destination("127.0.0.1", closed, "NOBODY"))
+        port = s.getsockname()[1]
+    scp = node(forward=Destination("127.0.0.1", port, "SINK"), retry_base_s=0.2, retry_max_s=0.5)
     src = pydicom.dcmread(io.BytesIO(synthetic_cr((64, 64))))
     assoc = scu(scp.port, [ComputedRadiographyImageStorage])
     try:
@@ -188,4 +195,26 @@ def test_forward_to_closed_port_keeps_outputs(node, tmp_path):
         assoc.release()
     assert scp.wait_idle(TIMEOUT)
     (_, folder, error), = scp.processed
-    assert "cannot forward" in error and (folder / "bone.dcm").is_file()
+    assert error is None and (folder / "bone.dcm").is_file()
+    import time
+
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and not any(j["attempts"] >= 2 for j in scp.outbox.status()):
+        time.sleep(0.05)
+    (job,) = scp.outbox.status()
+    assert job["instances"] == 3 and job["attempts"] >= 2 and "cannot forward" in job["last_error"]
+    scp.stop()  # the node goes down with the send pending
+    r = CliRunner().invoke(app, ["pacs", "--status", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0 and "3 instance(s) to SINK@127.0.0.1" in r.output and "1 forward(s) pending" in r.output
+
+    sink = Sink(port)  # the destination comes back ...
+    try:
+        again = node(forward=Destination("127.0.0.1", port, "SINK"), retry_base_s=0.2, retry_max_s=0.5)  # ... and the node
+        assert again.wait_sent(TIMEOUT) and sink.got.wait(TIMEOUT)
+        time.sleep(0.5)  # a duplicate would arrive now
+        uids = sorted(ds.SOPInstanceUID for ds in sink.received)
+        want = sorted(pydicom.dcmread(folder / f"{k}.dcm", stop_before_pixels=True).SOPInstanceUID for k in ("bone", "soft_tissue", "enhanced"))
+        assert uids == want  # exactly once each
+        assert not list((tmp_path / "out" / ".outbox").glob("*.json"))
+    finally:
+        sink.server.shutdown()

@@ -62,8 +62,22 @@ def pacs_cmd(
     w_s: Optional[float] = typer.Option(None, "--w-s", help="Suppression weight: soft tissue = I - w_s*bone."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    retry_max: float = typer.Option(300.0, "--retry-max", min=1, help="Longest wait (s) between attempts of a pending forward (backoff from 5 s)."),
+    status: bool = typer.Option(False, "--status", help="List the forwards pending in OUT's outbox and exit."),
 ) -> None:
     """DICOM node (C-ECHO, C-STORE of CR/DX/Secondary Capture): decompose each received radiograph."""
+    if status:
+        import datetime
+
+        from cxrdecomp.serve.pacs import OUTBOX, Outbox
+
+        jobs = Outbox(out / OUTBOX).status()
+        for j in jobs:
+            when = datetime.datetime.fromtimestamp(j["next_attempt"]).isoformat(timespec="seconds")
+            typer.echo(f"{j['name']}: {j['instances']} instance(s) to {j['destination']}, {j['attempts']} attempt(s), "
+                       f"next {when}, last error: {j['last_error']}")
+        typer.echo(f"{len(jobs)} forward(s) pending in {out / OUTBOX}")
+        return
     cpu_setup(threads)
     import logging
     import signal
@@ -79,6 +93,6 @@ def pacs_cmd(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
-    scp = DecompositionSCP(dec, out, ae_title=ae_title, forward=dest, checkpoint=ckpt).start(host, port)
+    scp = DecompositionSCP(dec, out, ae_title=ae_title, forward=dest, checkpoint=ckpt, retry_max_s=retry_max).start(host, port)
     typer.echo(f"cxrdecomp DICOM node {ae_title} on {host}:{scp.port}, writing to {out}  (Ctrl-C to stop)", err=True)
     scp.serve_forever()

@@ -12,7 +12,10 @@ writes, with :func:`cxrdecomp.batch.write_case`, ``OUT/<StudyInstanceUID>/<SOPIn
 ``bone.dcm``, ``soft_tissue.dcm``, ``enhanced.dcm`` (derived Secondary Capture, same patient and
 study, one new series each; :mod:`cxrdecomp.io.dicom_out`), the 16-bit PNGs, ``preview.png`` and
 ``decomposition.json``, plus ``OUT/<StudyInstanceUID>/index.html``. With ``forward`` the derived
-DICOM instances are then sent (C-STORE) to that node, e.g. back to the originating PACS.
+DICOM instances are then sent (C-STORE) to that node, e.g. back to the originating PACS, through a durable
+outbox (:class:`Outbox`, ``OUT/.outbox/``): a send is a job file written before the first attempt and removed
+only once the destination has accepted every instance, retried with exponential backoff (one log line per
+attempt) and resumed after a restart of the node. ``cxrdecomp pacs --status -o OUT`` lists what is pending.
 
 Status choice: the C-STORE response is *Success* (0x0000) once the instance is safely spooled,
 whatever happens next. Decomposition runs after the association has returned, so its outcome
@@ -40,6 +43,7 @@ from cxrdecomp.errors import ConfigError, CxrdecompError
 log = logging.getLogger("cxrdecomp.pacs")
 
 SPOOL = ".incoming"
+OUTBOX = ".outbox"
 DERIVED_KINDS = ("bone", "soft_tissue", "enhanced")
 
 
@@ -90,6 +94,11 @@ def send_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDECO
     Raises:
         CxrdecompError: the association is rejected or cannot be made.
     """
+    return len(store_files(dest, files, calling_aet, timeout))
+
+
+def store_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDECOMP", timeout: float = 30) -> list[Path]:
+    """Like :func:`send_files`, returning the files the destination accepted."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
     from pynetdicom.sop_class import SecondaryCaptureImageStorage
@@ -100,19 +109,106 @@ def send_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDECO
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         raise CxrdecompError(f"cannot forward to {dest.ae_title}@{dest.host}:{dest.port}: association rejected, aborted or never connected")
-    ok = 0
+    ok: list[Path] = []
     try:
         for f in files:
             status = assoc.send_c_store(f)
             code = getattr(status, "Status", None)
             if code is not None and (code == 0 or 0xB000 <= code < 0xC000):
-                ok += 1
+                ok.append(f)
             else:
                 log.error("forward of %s to %s: status %s", f.name, dest.ae_title, f"0x{code:04X}" if code is not None else "none (connection lost)")
     finally:
         if assoc.is_established:
             assoc.release()
     return ok
+
+
+class Outbox:
+    """Durable queue of pending C-STOREs: one JSON job file per send in ``folder`` (module docstring).
+
+    A job holds the destination, the files still to send, the number of attempts, the time of the next one and the
+    last error. :meth:`attempt_due` tries every due job once; a failed attempt doubles the wait (``retry_base_s``,
+    2·, 4·, … up to ``retry_max_s``). Files that were accepted leave the job at once, so a retry sends only the rest,
+    and the job file goes when nothing is left. Files are written atomically, so a kill at any moment leaves each
+    job either before or after an attempt.
+    """
+
+    def __init__(self, folder: Path, calling_aet: str = "CXRDECOMP", retry_base_s: float = 5.0, retry_max_s: float = 300.0,
+                 timeout: float = 30.0):
+        self.folder = Path(folder)
+        self.calling_aet, self.retry_base_s, self.retry_max_s, self.timeout = calling_aet, float(retry_base_s), float(retry_max_s), float(timeout)
+        self._lock = threading.Lock()
+
+    def add(self, dest: Destination, files: list[Path], name: str) -> Path:
+        """Queue ``files`` for ``dest`` as job ``name`` (replacing a pending job of that name); returns the job file."""
+        import json
+        import time
+
+        from cxrdecomp.io.atomic import atomic_path
+
+        job = {"destination": {"host": dest.host, "port": dest.port, "ae_title": dest.ae_title},
+               "files": [str(Path(f).resolve()) for f in files], "attempts": 0, "created": time.time(), "next_attempt": 0.0,
+               "last_error": None}
+        path = self.folder / f"{_safe_uid(name)}.json"
+        with self._lock, atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(job, indent=1))
+        return path
+
+    def jobs(self) -> list[tuple[Path, dict]]:
+        """Pending jobs ``(file, job)``, oldest first (unreadable job files are skipped with a log line)."""
+        import json
+
+        out = []
+        for f in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if self.folder.is_dir() else []:
+            try:
+                out.append((f, json.loads(f.read_text())))
+            except (OSError, ValueError) as e:
+                log.error("outbox: cannot read %s: %s", f.name, e)
+        return out
+
+    def attempt_due(self, now: float | None = None) -> int:
+        """Try every job whose time has come once; returns how many jobs finished."""
+        import json
+        import time
+
+        from cxrdecomp.io.atomic import atomic_path
+
+        done = 0
+        for path, job in self.jobs():
+            now_ = time.time() if now is None else now
+            if job.get("next_attempt", 0) > now_:
+                continue
+            d = job["destination"]
+            dest = Destination(d["host"], int(d["port"]), d["ae_title"])
+            files = [Path(f) for f in job["files"] if Path(f).is_file()]
+            job["attempts"] = int(job.get("attempts", 0)) + 1
+            try:
+                sent = set(store_files(dest, files, self.calling_aet, self.timeout))
+                error = None if len(sent) == len(files) else f"{len(files) - len(sent)} of {len(files)} instances refused"
+            except CxrdecompError as e:
+                sent, error = set(), str(e)
+            left = [f for f in files if f not in sent]
+            with self._lock:
+                if not left:
+                    path.unlink(missing_ok=True)
+                    log.info("outbox: sent %s (%d instances) to %s on attempt %d", path.stem, len(files), dest.ae_title, job["attempts"])
+                    done += 1
+                    continue
+                wait = min(self.retry_max_s, self.retry_base_s * 2 ** (job["attempts"] - 1))
+                job.update(files=[str(f) for f in left], next_attempt=time.time() + wait, last_error=error)
+                with atomic_path(path) as tmp:
+                    Path(tmp).write_text(json.dumps(job, indent=1))
+            log.warning("outbox: attempt %d for %s to %s failed (%s); %d instance(s) left, next try in %.0f s",
+                        job["attempts"], path.stem, dest.ae_title, error, len(left), wait)
+        return done
+
+    def status(self) -> list[dict]:
+        """One dict per pending job: ``name``, ``destination``, ``instances``, ``attempts``, ``next_attempt`` (epoch
+        seconds), ``last_error``."""
+        return [{"name": p.stem, "destination": f"{j['destination']['ae_title']}@{j['destination']['host']}:{j['destination']['port']}",
+                 "instances": len(j.get("files", [])), "attempts": j.get("attempts", 0), "next_attempt": j.get("next_attempt", 0),
+                 "last_error": j.get("last_error")} for p, j in self.jobs()]
 
 
 class DecompositionSCP:
@@ -122,8 +218,9 @@ class DecompositionSCP:
         decomposer: a loaded :class:`~cxrdecomp.decomposer.Decomposer`.
         out: output folder (``OUT/<StudyInstanceUID>/<SOPInstanceUID>/``; spool in ``OUT/.incoming``).
         ae_title: this node's AE title (≤ 16 characters).
-        forward: send the derived instances there, or ``None``.
+        forward: send the derived instances there (through the durable :class:`Outbox`), or ``None``.
         checkpoint: checkpoint name or folder, recorded in ``decomposition.json``.
+        retry_base_s, retry_max_s: first and longest wait between send attempts of a pending forward.
 
     Example::
 
@@ -132,7 +229,8 @@ class DecompositionSCP:
         scp.stop()
     """
 
-    def __init__(self, decomposer, out, ae_title: str = "CXRDECOMP", forward: Destination | None = None, checkpoint: str | None = None):
+    def __init__(self, decomposer, out, ae_title: str = "CXRDECOMP", forward: Destination | None = None, checkpoint: str | None = None,
+                 retry_base_s: float = 5.0, retry_max_s: float = 300.0):
         if not ae_title or len(ae_title) > 16:
             raise ConfigError(f"AE title {ae_title!r} must be 1 to 16 characters")
         self.decomposer = decomposer
@@ -141,6 +239,9 @@ class DecompositionSCP:
         self.ae_title = ae_title
         self.forward = forward
         self.checkpoint = checkpoint
+        self.outbox = Outbox(self.out / OUTBOX, ae_title, retry_base_s, retry_max_s)
+        self._sender: threading.Thread | None = None
+        self._wake = threading.Event()
         self._queue: queue.Queue[Path] = queue.Queue()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -170,6 +271,8 @@ class DecompositionSCP:
             ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
         self._worker = threading.Thread(target=self._work, name="cxrdecomp-pacs-worker", daemon=True)
         self._worker.start()
+        self._sender = threading.Thread(target=self._send_loop, name="cxrdecomp-pacs-outbox", daemon=True)
+        self._sender.start()  # also resumes the sends a previous run left pending
         try:
             self._server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         except OSError as e:
@@ -248,8 +351,8 @@ class DecompositionSCP:
             log.info("decomposed %s → %s", path.stem, folder)
             if self.forward is not None:
                 files = [folder / f"{k}.dcm" for k in DERIVED_KINDS if (folder / f"{k}.dcm").is_file()]
-                n = send_files(self.forward, files, calling_aet=self.ae_title)
-                log.info("forwarded %d of %d derived instances to %s", n, len(files), self.forward.ae_title)
+                self.outbox.add(self.forward, files, path.stem)
+                self._wake.set()
         except CxrdecompError as e:
             error = str(e)
             log.warning("%s: %s", path.stem, e)
@@ -260,6 +363,26 @@ class DecompositionSCP:
             path.unlink(missing_ok=True)
         self.processed.append((path.name, folder, error))
         return folder
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.outbox.attempt_due()
+            except Exception:  # keep the sender alive whatever one job does
+                log.exception("outbox: unexpected error")
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    def wait_sent(self, timeout: float | None = None) -> bool:
+        """Block until the outbox is empty; ``False`` if ``timeout`` s passed first."""
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.outbox.jobs():
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+        return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every received instance is processed; ``False`` if ``timeout`` s passed first."""
@@ -272,9 +395,13 @@ class DecompositionSCP:
             self._server.shutdown()
             self._server = None
         self._stop.set()
+        self._wake.set()
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+        if self._sender is not None:
+            self._sender.join()
+            self._sender = None
 
     def serve_forever(self) -> None:
         """Block until Ctrl-C (or SIGTERM as KeyboardInterrupt), then :meth:`stop`."""
