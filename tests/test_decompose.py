@@ -245,3 +245,47 @@ def test_unwritable_output_is_one_line_and_exit_2(tiny_ckpt, tmp_path, monkeypat
         cli.main()
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("cxrdecomp: error: cannot use") and "a_file" in err[0]
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    import shutil
+    import subprocess
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed; .ci/run installs it")
+    r = subprocess.run([tool, str(path)], capture_output=True, text=True)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_every_derived_dicom_kind_passes_dciodvfy_and_keeps_detector_spacing(tiny_ckpt, tmp_path):
+    """Issue 15 item 6: a CR that gives only ImagerPixelSpacing gets derived DX images that keep it as
+    ImagerPixelSpacing (no PixelSpacing claiming a calibration); other inputs get Secondary Capture. dciodvfy reports
+    no error for any of them."""
+    import io
+
+    from serve_helpers import synthetic_cr
+
+    cr = pydicom.dcmread(io.BytesIO(synthetic_cr((96, 80))))
+    del cr.PixelSpacing
+    cr.ImagerPixelSpacing = [0.15, 0.15]
+    cr.ViewPosition = "PA"
+    src = tmp_path / "cr.dcm"
+    cr.save_as(src, enforce_file_format=True)
+    png = tmp_path / "chest.png"
+    Image.fromarray((np.indices((80, 72)).sum(0) * 1.5).astype(np.uint8)).save(png)
+    dec = Decomposer.from_pretrained(tiny_ckpt, device="cpu")
+    res = decompose_files([src, cached_example("RG1_UNCI.dcm"), png], tmp_path / "out", dec, progress=False)
+    assert all(r.ok for r in res)
+    for case, sop in (("cr", "1.2.840.10008.5.1.4.1.1.1.1"), ("RG1_UNCI", "1.2.840.10008.5.1.4.1.1.7"), ("chest", "1.2.840.10008.5.1.4.1.1.7")):
+        for kind in OUTPUTS:
+            f = tmp_path / "out" / case / f"{kind}.dcm"
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            assert ds.SOPClassUID == sop, (case, kind)
+            assert _dciodvfy_errors(f) == [], (case, kind)
+    dx = pydicom.dcmread(tmp_path / "out" / "cr" / "bone.dcm")
+    assert [float(v) for v in dx.ImagerPixelSpacing] == [0.15, 0.15] and "PixelSpacing" not in dx
+    assert list(dx.ImageType)[:2] == ["DERIVED", "SECONDARY"] and dx.StudyInstanceUID == cr.StudyInstanceUID
+    ref = dx.SourceImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == cr.SOPInstanceUID and ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    np.testing.assert_array_equal(dx.pixel_array, np.asarray(Image.open(tmp_path / "out" / "cr" / "bone.png")))

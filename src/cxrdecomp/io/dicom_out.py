@@ -1,4 +1,8 @@
-"""Write derived images (bone, soft tissue, enhanced, ...) as DICOM Secondary Capture (highdicom).
+"""Write derived images (bone, soft tissue, enhanced, ...) as DICOM: Secondary Capture (highdicom), or, for a CR/DX
+source that gives its detector spacing (ImagerPixelSpacing), a derived Digital X-Ray image "for presentation" of the
+same kind as commercial bone-suppression companions (:func:`write_dx_image`: ImageType ``DERIVED\\SECONDARY``,
+ImagerPixelSpacing kept as it is, SourceImageSequence with purpose DCM 121322), since a Secondary Capture could only
+state it as PixelSpacing, which would claim a calibration the source does not have.
 
 Each derived image type becomes one instance in a NEW series of the SAME study as the source
 radiograph: patient and study attributes are copied from the source (``highdicom.sc.SCImage.
@@ -91,6 +95,36 @@ class DerivedStudy:
         ds.StudyDescription = "cxrdecomp derived images"
         return ds
 
+    def _as_dx(self) -> bool:
+        """A CR/DX source with detector spacing (ImagerPixelSpacing): derived images are DX "for presentation", so that
+        spacing keeps its meaning (a Secondary Capture has only PixelSpacing)."""
+        ref = self.source
+        return ref is not None and str(ref.get("Modality", "")) in ("CR", "DX") and _valid_spacing(ref.get("ImagerPixelSpacing"))
+
+    def _write_dx(self, path, image, kind, method, label, code, offset, display_range) -> Path:
+        ref = self.source
+        desc = f"{label} by cxrdecomp method {method}; pixel = 65535 * clip(value, 0, 1)"
+        if display_range is not None:
+            lo, hi = display_range
+            desc += f"; value = (bone - {lo:.6g}) / ({hi:.6g} - {lo:.6g})"
+        det = self._deterministic()
+        px_spacing, calib = None, None
+        if _valid_spacing(ref.get("PixelSpacing")) and ref.get("PixelSpacingCalibrationType"):
+            px_spacing = tuple(float(v) for v in ref.PixelSpacing)
+            calib = (str(ref.PixelSpacingCalibrationType), str(ref.get("PixelSpacingCalibrationDescription", "")) or "as the source image")
+        return write_dx_image(
+            path, image, study=self,
+            series_instance_uid=derived_uid(ref.SOPInstanceUID, self.derivation, kind, "series") if det else _new_uid(),
+            sop_instance_uid=derived_uid(ref.SOPInstanceUID, self.derivation, kind, "instance") if det else None,
+            series_number=SERIES_NUMBER_BASE + offset, instance_number=1, series_description=f"{label} ({method}, cxrdecomp)",
+            imager_pixel_spacing=tuple(float(v) for v in ref.ImagerPixelSpacing), image_type=("DERIVED", "SECONDARY"),  # DX: no value 3
+            view_position=str(ref.get("ViewPosition", "")) or "PA", kvp=float(ref.KVP) if ref.get("KVP") else None,
+            sdd_mm=float(ref.DistanceSourceToDetector) if ref.get("DistanceSourceToDetector") else None,
+            source_to_patient_mm=float(ref.DistanceSourceToPatient) if ref.get("DistanceSourceToPatient") else None,
+            pixel_spacing=px_spacing, pixel_spacing_calibration=calib, derivation=desc, model_name="cxrdecomp",
+            source_image=ref, patient_orientation=_orientation(ref) or ("L", "F"),
+        )
+
     def _deterministic(self) -> bool:
         return self.derivation is not None and self.source is not None and bool(self._ref.get("SOPInstanceUID"))
 
@@ -126,6 +160,8 @@ class DerivedStudy:
         from pydicom.uid import ExplicitVRLittleEndian
 
         label, code, offset = _label(kind)
+        if self._as_dx():
+            return self._write_dx(path, image, kind, method, label, code, offset, display_range)
         pixels = to_uint16(image)
         ref = self._ref
         series_uid, sop_uid = (str(hd.UID()), str(hd.UID())) if not self._deterministic() else (
@@ -161,6 +197,8 @@ class DerivedStudy:
         sc.WindowCenter = 32767.5
         sc.WindowWidth = 65536
         sc.BurnedInAnnotation = "NO"
+        if self.source is None:
+            sc.BodyPartExamined = "CHEST"  # what cxrdecomp decomposes; an unpaired part needs no Laterality
         if self.source is not None:
             for key in ("BodyPartExamined", "ViewPosition", "Laterality", "StudyDescription"):
                 if key in ref and key not in sc:
@@ -191,6 +229,19 @@ class DerivedStudy:
             referring_physician_name=None,
             **common,
         )
+
+
+def _valid_spacing(v) -> bool:
+    try:
+        return v is not None and len(v) == 2 and all(float(x) > 0 for x in v)
+    except (TypeError, ValueError):
+        return False
+
+
+def _new_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid())
 
 
 def derived_uid(source_sop_instance_uid: str, derivation: str, kind: str, level: str) -> str:
@@ -257,6 +308,11 @@ def write_dx_image(
     photometric: str = "MONOCHROME2",
     derivation: str = "",
     comments: str = "",
+    sop_instance_uid: str | None = None,
+    model_name: str = "cxrdecomp drr",
+    pixel_spacing_calibration: tuple[str, str] | None = ("GEOMETRY", "source-isocentre geometry of the simulation"),
+    source_image: object | None = None,
+    patient_orientation: tuple[str, str] = ("L", "F"),
 ) -> Path:
     """Write a display-domain image as a Digital X-Ray Image "for presentation" (DX IOD, PS3.3 A.26), atomically.
 
@@ -280,6 +336,13 @@ def write_dx_image(
         magnification: EstimatedRadiographicMagnificationFactor (sdd / source–isocentre distance), optional.
         photometric: ``"MONOCHROME2"`` or ``"MONOCHROME1"``.
         derivation: DerivationDescription; comments: ImageComments.
+        sop_instance_uid: the SOP Instance UID (default: a new one).
+        model_name: ManufacturerModelName.
+        pixel_spacing_calibration: ``(PixelSpacingCalibrationType, description)`` written with ``pixel_spacing``
+            (``None``: PixelSpacing without a calibration type).
+        source_image: the dataset the image was derived from: a SourceImageSequence item pointing at it, purpose
+            "Source image for image processing operation" (DCM 121322).
+        patient_orientation: PatientOrientation (row, column directions).
 
     Returns:
         The path written.
@@ -299,7 +362,7 @@ def write_dx_image(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.ImageType = list(image_type)
@@ -315,7 +378,7 @@ def write_dx_image(
     ds.ReferringPhysicianName = ref.get("ReferringPhysicianName", "")
     ds.StudyDescription = ref.get("StudyDescription", "")
     ds.SeriesDescription = series_description[:64]
-    ds.ManufacturerModelName = "cxrdecomp drr"
+    ds.ManufacturerModelName = model_name
     ds.DerivationDescription = derivation[:1024]
     ds.PatientName = ref.PatientName
     ds.PatientID = ref.PatientID
@@ -346,7 +409,7 @@ def write_dx_image(
     ds.StudyID = ref.get("StudyID", "")
     ds.SeriesNumber = int(series_number)
     ds.InstanceNumber = int(instance_number)
-    ds.PatientOrientation = ["L", "F"]
+    ds.PatientOrientation = list(patient_orientation)
     ds.ImageLaterality = "U"
     region = Dataset()
     region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "51185008", "SCT", "Chest"
@@ -359,8 +422,16 @@ def write_dx_image(
     ds.Rows, ds.Columns = (int(n) for n in px.shape)
     if pixel_spacing is not None:
         ds.PixelSpacing = [f"{float(v):.6g}" for v in pixel_spacing]
-        ds.PixelSpacingCalibrationType = "GEOMETRY"
-        ds.PixelSpacingCalibrationDescription = "source-isocentre geometry of the simulation"
+        if pixel_spacing_calibration is not None:
+            ds.PixelSpacingCalibrationType, ds.PixelSpacingCalibrationDescription = pixel_spacing_calibration
+    if source_image is not None and "SOPInstanceUID" in source_image and "SOPClassUID" in source_image:
+        item = Dataset()
+        item.ReferencedSOPClassUID = source_image.SOPClassUID
+        item.ReferencedSOPInstanceUID = source_image.SOPInstanceUID
+        purpose = Dataset()
+        purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = "121322", "DCM", "Source image for image processing operation"
+        item.PurposeOfReferenceCodeSequence = Sequence([purpose])
+        ds.SourceImageSequence = Sequence([item])
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.BurnedInAnnotation = "NO"
     ds.PixelIntensityRelationship = "LOG"
