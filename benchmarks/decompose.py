@@ -18,6 +18,7 @@ Usage (from the repository root)::
     python benchmarks/decompose.py --model tiny       # base 4, depth 2, 64²  (random weights)
     python benchmarks/decompose.py --model full       # base 32, depth 4, 512² (the paper's size, random weights)
     python benchmarks/decompose.py --model bone       # a bundled or saved checkpoint
+    python benchmarks/decompose.py --model bone --workers 0 1 2   # archive mode: images/s per number of reader workers
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the network (CPUs with AVX512-BF16/AMX)")
+    ap.add_argument("--workers", type=int, nargs="*", default=None,
+                    help="archive mode: images/s of decompose_files over --archive copies of the radiograph for each number "
+                         "of reader workers given (e.g. --workers 0 1 2), ratio against the first")
+    ap.add_argument("--archive", type=int, default=16, help="archive mode: number of copies")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -104,6 +109,27 @@ def main() -> None:
     def end_to_end():
         r = read_radiograph(src)
         write_case(out / "RG1_UNCI", r, dec(r.image), dec.method, dict(dec.options))
+
+    if args.workers:
+        import shutil
+
+        from cxrdecomp.batch import decompose_files
+
+        arch = tmp / "archive"
+        arch.mkdir()
+        for i in range(args.archive):
+            shutil.copy(src, arch / f"case{i:03d}.dcm")
+        decompose_files([arch / "case000.dcm"], tmp / "warm", dec, progress=False)  # warm-up
+        rates = {}
+        for w in args.workers:
+            t0 = time.perf_counter()
+            decompose_files([arch], tmp / f"w{w}", dec, progress=False, resume=False, num_workers=w)
+            rates[w] = args.archive / (time.perf_counter() - t0)
+        print(f"archive of {args.archive} x {src.name}, model {args.model}, threads {args.threads}, "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        for w, r in rates.items():
+            print(f"reader workers {w}: {r:.2f} images/s  (x{r / rates[args.workers[0]]:.2f} vs {args.workers[0]} workers)")
+        return
 
     stages = {"read+resize": read_resize, "forward": forward, "decompose": decompose, "end-to-end": end_to_end}
     for fn in stages.values():  # warm-up (oneDNN primitive creation, imports)

@@ -289,3 +289,60 @@ def test_every_derived_dicom_kind_passes_dciodvfy_and_keeps_detector_spacing(tin
     ref = dx.SourceImageSequence[0]
     assert ref.ReferencedSOPInstanceUID == cr.SOPInstanceUID and ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
     np.testing.assert_array_equal(dx.pixel_array, np.asarray(Image.open(tmp_path / "out" / "cr" / "bone.png")))
+
+
+def _archive(folder, n=4):
+    folder.mkdir()
+    for i in range(n):
+        yy, xx = np.mgrid[0:80, 0:72]
+        Image.fromarray(((xx + yy * (1 + i)) % 256).astype(np.uint8)).save(folder / f"case{i}.png")
+    return folder
+
+
+def test_archive_shards_resume_and_workers_give_the_unsharded_result(tiny, tiny_ckpt, tmp_path):
+    """Shards 0/2 and 1/2 into one folder equal one unsharded run (bit for bit), reading with 2 worker processes
+    changes nothing, and a rerun skips every finished case unless the options differ."""
+    src = _archive(tmp_path / "in")
+    ref = decompose_files([src], tmp_path / "ref", tiny, progress=False, write_dicom=False)
+    parts = [decompose_files([src], tmp_path / "sh", tiny, progress=False, write_dicom=False, shard=(k, 2), num_workers=2 if k else 0)
+             for k in range(2)]
+    assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in ref) and not {r.name for r in parts[0]} & {r.name for r in parts[1]}
+    for r in ref:
+        for kind in ("bone", "soft_tissue", "enhanced"):
+            assert (tmp_path / "sh" / r.name / f"{kind}.png").read_bytes() == (r.folder / f"{kind}.png").read_bytes()
+    again = decompose_files([src], tmp_path / "ref", tiny, progress=False, write_dicom=False)
+    assert all(r.skipped and r.ok for r in again)
+    other = decompose_files([src], tmp_path / "ref", Decomposer.from_pretrained(tiny_ckpt, device="cpu", w=2.0), progress=False,
+                            write_dicom=False)
+    assert not any(r.skipped for r in other)
+    with pytest.raises(Exception, match="shard"):
+        decompose_files([src], tmp_path / "x", tiny, progress=False, shard=(2, 2))
+
+
+def test_a_write_failing_half_way_leaves_no_half_result_and_the_rerun_finishes(tiny, tiny_ckpt, tmp_path, monkeypatch):
+    """Redoing an archive with new options, the third PNG write of case1 fails (disk full): case1 keeps its earlier
+    complete result, nothing half-written or temporary remains, and the rerun redoes only case1."""
+    from cxrdecomp.io import images
+
+    src = _archive(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    decompose_files([src], out, tiny, progress=False, write_dicom=False)
+    before = {p.name: p.read_bytes() for p in (out / "case1").iterdir()}
+    real, calls = images.write_png16, []
+
+    def flaky(path, px):
+        calls.append(path)
+        if "case1" in str(path) and sum("case1" in str(c) for c in calls) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, px)
+
+    monkeypatch.setattr(images, "write_png16", flaky)
+    new = Decomposer.from_pretrained(tiny_ckpt, device="cpu", w=1.5)
+    res = decompose_files([src], out, new, progress=False, write_dicom=False, batch_size=1)
+    assert [r.ok for r in res] == [True, False, True] and "No space left" in res[1].error
+    assert sorted(p.name for p in out.iterdir()) == ["case0", "case1", "case2", "index.html"]  # no temporary folder left
+    assert {p.name: p.read_bytes() for p in (out / "case1").iterdir()} == before  # the old result, whole
+    monkeypatch.setattr(images, "write_png16", real)
+    rerun = decompose_files([src], out, new, progress=False, write_dicom=False)
+    assert [r.skipped for r in rerun] == [True, False, True] and all(r.ok for r in rerun)
+    assert json.loads((out / "case1" / "decomposition.json").read_text())["options"]["w"] == 1.5

@@ -17,7 +17,8 @@ import torch
 from _phantoms import chest_phantom
 
 from cxrdecomp.errors import ConfigError, InputError
-from cxrdecomp.simulate.generate import finished, load_sample, parse_shard, simulate
+from cxrdecomp.cli.common import parse_shard
+from cxrdecomp.simulate.generate import finished, load_sample, simulate
 
 KW = dict(size=32, seed=1, anatomy_reuse=2, progress=False)
 

@@ -30,6 +30,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import torch
+
 from cxrdecomp.errors import CxrdecompError, InputError
 from cxrdecomp.io.atomic import atomic_folder, atomic_path
 from cxrdecomp.io.radiograph import RADIOGRAPH_SUFFIXES, Radiograph, RadiographWarning, is_dicom_file, read_radiograph
@@ -48,6 +50,7 @@ class CaseResult:
     folder: Path | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    skipped: bool = False  # already decomposed the same way by an earlier run (resume)
 
     @property
     def ok(self) -> bool:
@@ -202,6 +205,8 @@ def write_case(
             "preview": "preview.png",
             "warnings": rg.warnings,
             "cxrdecomp_version": __version__,
+            "derivation": derivation(method, checkpoint, options),
+            "dicom": bool(write_dicom),
         }
         with atomic_path(tmp / CASE_FILE) as t:
             Path(t).write_text(json.dumps(meta, indent=2) + "\n")
@@ -235,6 +240,35 @@ def write_index(out: str | os.PathLike, failures: Iterable[CaseResult] = ()) -> 
     return write_index_html(out / INDEX_FILE, cases, fails)
 
 
+class _Reader(torch.utils.data.Dataset):
+    """``(file, name)`` pairs → ``(file, name, Radiograph | None, error | None)``, readable in DataLoader workers."""
+
+    def __init__(self, items: list[tuple[Path, str]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        f, name = self.items[i]
+        try:
+            with warnings.catch_warnings():  # reported through ``log`` instead
+                warnings.simplefilter("ignore", RadiographWarning)
+                return f, name, read_radiograph(f), None
+        except CxrdecompError as e:
+            return f, name, None, str(e)
+
+
+def _finished(folder: Path, source: Path, want: str, write_dicom: bool) -> bool:
+    """Whether ``folder`` holds a complete result of ``source`` made as ``want`` (a :func:`derivation`)."""
+    try:
+        meta = json.loads((folder / CASE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (meta.get("source") == str(source) and meta.get("derivation") == want and bool(meta.get("dicom", True)) == bool(write_dicom)
+            and all((folder / v).is_file() for v in (meta.get("files") or {}).values()))
+
+
 def decompose_files(
     paths: Iterable[str | os.PathLike],
     out: str | os.PathLike,
@@ -245,8 +279,18 @@ def decompose_files(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     checkpoint: str | None = None,
+    resume: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    num_workers: int = 0,
 ) -> list[CaseResult]:
     """Decompose radiograph files and write their outputs (module docstring) plus ``OUT/index.html``.
+
+    For archives: a case whose folder already holds a complete result made the same way (same source, method,
+    weights, options and DICOM choice; its ``decomposition.json`` is written last, in a folder renamed into place
+    when complete) is skipped (``resume``), so a killed run continues where it stopped; ``shard=(k, n)`` takes only
+    every ``n``-th input from the ``k``-th (0-based) of the sorted list, so ``n`` processes or nodes share one
+    archive and one output folder; ``num_workers`` DataLoader processes read and decode the next radiographs while
+    the network runs.
 
     Args:
         paths: files and/or folders (see :func:`find_inputs`).
@@ -258,22 +302,40 @@ def decompose_files(
         log: called with one line per failed input (``"path: reason"``) and per warning
             (``"warning: ..."``); default: nothing.
         checkpoint: checkpoint name/path to record in ``decomposition.json``.
+        resume: skip cases already decomposed the same way (``CaseResult.skipped``).
+        shard: ``(k, n)``, this process's share of the inputs.
+        num_workers: reader processes (0: read in this process).
 
     Returns:
-        One :class:`CaseResult` per input file, in order.
+        One :class:`CaseResult` per input file of the shard, in order.
 
     Raises:
         InputError: no input files (per-file problems are reported in the results instead).
     """
     log = log or (lambda s: None)
-    files = find_inputs(paths)
-    names = _unique_names(files)
+    k, n = shard
+    if not 0 <= k < n:
+        raise InputError(f"shard must satisfy 0 ≤ k < n, got {k}/{n}")
+    all_files = find_inputs(paths)
+    all_names = _unique_names(all_files)  # from every input, so that all shards name a case alike
+    files = all_files[k::n]
+    names = all_names[k::n]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bs = int(batch_size or decomposer.options.get("batch_size", 4))
     method = decomposer.method
-    options = {k: v for k, v in decomposer.options.items() if k != "batch_size"}
+    options = {k_: v for k_, v in decomposer.options.items() if k_ != "batch_size"}
     results: list[CaseResult] = []
+    todo = []
+    if resume:
+        want = derivation(method, checkpoint, options)
+        for f, name in zip(files, names):
+            if _finished(out / name, f, want, write_dicom):
+                results.append(CaseResult(source=f, name=name, folder=out / name, skipped=True))
+            else:
+                todo.append((f, name))
+    else:
+        todo = list(zip(files, names))
 
     prog = None
     if progress:
@@ -285,25 +347,23 @@ def decompose_files(
             TextColumn("{task.description}"), console=Console(stderr=True), transient=False,
         )
         prog.start()
-        task = prog.add_task("", total=len(files))
+        task = prog.add_task("", total=len(files), completed=len(files) - len(todo))
+    loader = torch.utils.data.DataLoader(_Reader(todo), batch_size=bs, num_workers=int(num_workers), collate_fn=list,
+                                         persistent_workers=False)
     try:
-        for start in range(0, len(files), bs):
-            chunk = list(zip(files[start : start + bs], names[start : start + bs]))
+        for chunk in loader:
             loaded: list[tuple[CaseResult, Radiograph]] = []
-            for f, name in chunk:
+            for f, name, rg, err in chunk:
                 res = CaseResult(source=f, name=name)
-                try:
-                    with warnings.catch_warnings():  # reported through ``log`` instead
-                        warnings.simplefilter("ignore", RadiographWarning)
-                        rg = read_radiograph(f)
-                    res.warnings = list(rg.warnings)
-                    loaded.append((res, rg))
-                except CxrdecompError as e:
-                    res.error = str(e)
+                if err is not None:
+                    res.error = err
                     results.append(res)
-                    log(str(e))
+                    log(err)
                     if prog:
                         prog.advance(task)
+                    continue
+                res.warnings = list(rg.warnings)
+                loaded.append((res, rg))
             if not loaded:
                 continue
             try:

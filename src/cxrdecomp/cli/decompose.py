@@ -28,6 +28,9 @@ def decompose_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
     no_dicom: bool = typer.Option(False, "--no-dicom", help="Write PNGs only, no DICOM."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cases already decomposed the same way (a killed run continues)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: decompose only every N-th input from the K-th (0-based), for N processes or nodes."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Reader processes decoding the next radiographs while the network runs."),
 ) -> None:
     """Decompose radiographs into bone, soft-tissue and enhanced images at full resolution.
 
@@ -36,15 +39,19 @@ def decompose_cmd(
     """
     cpu_setup(threads)
     from cxrdecomp.batch import INDEX_FILE, decompose_files
+    from cxrdecomp.cli.common import parse_shard
 
+    k_n = parse_shard(shard)
     dec, ckpt = load_decomposer(method, checkpoint, device, w=w, w_s=w_s, steps=steps, upsample=upsample, batch_size=batch_size, precision=precision)
     results = decompose_files(
         inputs, out, dec, write_dicom=not no_dicom, batch_size=batch_size, progress=not quiet,
         log=lambda s: print(f"cxrdecomp: {'' if s.startswith('warning: ') else 'error: '}{s}", file=sys.stderr),
-        checkpoint=ckpt,
+        checkpoint=ckpt, resume=resume, shard=k_n, num_workers=workers,
     )
     ok = sum(r.ok for r in results)
-    typer.echo(f"{ok} of {len(results)} radiograph(s) decomposed; see {out / INDEX_FILE}")
+    skipped = sum(r.skipped for r in results)
+    done = f" ({skipped} already done, skipped)" if skipped else ""
+    typer.echo(f"{ok} of {len(results)} radiograph(s) decomposed{done}; see {out / INDEX_FILE}")
     if ok < len(results):
         raise SystemExit(2)
 

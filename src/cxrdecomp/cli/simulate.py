@@ -31,7 +31,8 @@ def simulate_cmd(
     """Simulate realistic radiographs with bone / soft-tissue / lung targets from CT (resumable; rerun to continue)."""
     from cxrdecomp.errors import ConfigError
     from cxrdecomp.io import ct as ctio
-    from cxrdecomp.simulate.generate import parse_shard, simulate
+    from cxrdecomp.cli.common import parse_shard
+    from cxrdecomp.simulate.generate import simulate
     from cxrdecomp.simulate.pipeline import TARGETS
 
     paths = list(ct or [])

@@ -60,23 +60,6 @@ def finished(out: str | os.PathLike) -> list[str]:
     return sorted(p.stem for p in d.glob("*.npz") if p.with_suffix(".json").is_file()) if d.is_dir() else []
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"k/n"`` → ``(k, n)`` with ``0 ≤ k < n``; ``None`` → ``(0, 1)``.
-
-    Raises:
-        ConfigError: not of that form.
-    """
-    if text is None:
-        return 0, 1
-    try:
-        k, n = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard must be K/N with 0 ≤ K < N (e.g. 0/4), not {text!r}") from None
-    if not 0 <= k < n:
-        raise ConfigError(f"--shard must be K/N with 0 ≤ K < N (e.g. 0/4), not {text!r}")
-    return k, n
-
-
 def load_sample(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """One stored sample (``.npz``) as float32 ``(S, S)`` arrays, with ``bone = image − soft_tissue`` added.
 
