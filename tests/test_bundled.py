@@ -60,3 +60,32 @@ def test_default_model_decomposes_rg1_unci(tmp_path):
     assert out.bone.shape == tuple(img.shape) == (1955, 1841)
     assert torch.allclose(out.soft_tissue + out.bone, torch.as_tensor(np.asarray(img)), atol=1e-5)
     assert float(out.bone.abs().mean()) > 1e-3
+
+
+def test_checkpoint_save_is_readable_by_others_and_a_failed_replace_keeps_the_old_folder(tmp_path, monkeypatch):
+    """Issue 15 item 7: weights were mode 0600 under a strict umask; a failure while swapping folders lost both."""
+    import os
+
+    from cxrdecomp import checkpoint as ckpt
+    from cxrdecomp.methods.bone_unet.network import build
+
+    cfg = {"method": "bone_unet", "model": {"base": 4, "depth": 2}, "input_size": 64}
+    old_umask = os.umask(0o077)
+    try:
+        folder = ckpt.save(tmp_path / "m", build(base=4, depth=2), cfg, "first\n")
+    finally:
+        os.umask(old_umask)
+    assert (folder / "model.safetensors").stat().st_mode & 0o044 == 0o044 and folder.stat().st_mode & 0o055 == 0o055
+    real = os.replace
+
+    def failing(src, dst):
+        if ".partial-" in str(src):  # moving the new folder into place fails (e.g. EXDEV, a full inode table)
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        ckpt.save(tmp_path / "m", build(base=4, depth=2), cfg, "second\n")
+    monkeypatch.setattr(os, "replace", real)
+    assert (tmp_path / "m" / "MODEL_CARD.md").read_text() == "first\n"  # the old checkpoint, whole, under its name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary or aside folder left

@@ -36,7 +36,8 @@ def atomic_path(path: str | os.PathLike):
 def atomic_folder(folder: str | os.PathLike):
     """Yield a new empty temporary folder next to ``folder`` (mode 0755); on success it replaces ``folder``,
     else it is deleted. An existing ``folder`` is moved aside before the new one is moved in and deleted after,
-    so a crash at any moment leaves a whole folder (the old or the new) under the final name or its aside name.
+    so a crash at any moment leaves a whole folder (the old or the new) under the final name or its aside name;
+    if moving the new one in fails, the old one is moved back.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,12 @@ def atomic_folder(folder: str | os.PathLike):
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if old is not None:
+                os.replace(old, folder)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
