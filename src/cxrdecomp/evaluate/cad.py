@@ -47,13 +47,13 @@ def jsrt_nodule_labels(names: Sequence[str]) -> np.ndarray:
 class CADSettings:
     """Classifier and protocol settings (defaults: what 2 CPU cores run in minutes)."""
 
-    size: int = 128
+    size: int = 96
     channels: tuple[int, ...] = (8, 16, 32, 64)
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-3
     folds: int = 5
-    repeats: int = 2
+    repeats: int = 1
     seed: int = 0
 
 
