@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=Path, default=None, help="paired folder (default: bse-jsrt/val)")
     ap.add_argument("--des", type=Path, default=None, help="real dual-energy pairs (default: des-dev)")
     ap.add_argument("--no-ranking", action="store_true", help="do not write pretrained/ranking.json (the default model)")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                    help="also put the 'which model to pick' table between the results markers of this file ('' to skip)")
     ap.add_argument("--simulated", type=Path, default=None, help="held-out simulated pairs (cxrdecomp simulate)")
     ap.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "results.md")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "results")
@@ -46,7 +48,31 @@ def main(argv=None) -> int:
         print(f"results: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {p}")
+    if str(a.readme) and a.readme.is_file():
+        update_readme(a.readme, p)
+        print(f"updated the table in {a.readme}")
     return 0
+
+
+START, END = "<!-- results:start (scripts/results.py) -->", "<!-- results:end -->"
+
+
+def update_readme(readme: Path, page: Path) -> None:
+    """Replace the block between START and END in ``readme`` by the page's "Which model to pick" table."""
+    lines = page.read_text().splitlines()
+    i = lines.index("## Which model to pick")
+    table = []
+    for line in lines[i + 1 :]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            table.append(line)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + START + "\n" + "\n".join(table) + "\n" + END + tail)
 
 
 if __name__ == "__main__":
