@@ -36,9 +36,10 @@ class BoneUNetModule(MethodModule):
 
     method = "bone_unet"
     card_summary = (
-        "Bone U-Net of Gozes & Greenspan (ISBI 2019), trained on DRR pairs simulated from CT by `cxrdecomp simulate`. "
-        "Input: a chest radiograph in the display domain [0, 1]; output: its bone image (display domain), "
-        "soft tissue = input − bone. Trained on very few CTs: expect a domain gap on real radiographs."
+        "Bone U-Net of Gozes & Greenspan (ISBI 2019), trained on realistic radiographs simulated from CT (`cxrdecomp "
+        "simulate` or `--online`: anatomy variation, cone beam, polyenergetic physics, detector, processing), optionally "
+        "mixed with real BSE-JSRT pairs (loss inside their lung fields). Input: a chest radiograph in the display domain "
+        "[0, 1]; output: its bone image (display domain), soft tissue = input − bone."
     )
 
     def __init__(self, size: int = 512, base: int = 32, depth: int = 4, dilate_from: int = 2, lr: float = 1e-3,
