@@ -167,14 +167,21 @@ def _iter_simulate_folder(root: Path, split: str | None):
     """Samples of a ``cxrdecomp simulate`` folder (:mod:`cxrdecomp.simulate.generate`): ``samples/NAME.npz`` with the
     display-domain ``image`` and ``soft_tissue`` (and ``lung_mask``) + ``samples/NAME.json`` (``ct_index``, parameters).
 
-    ``split``: ``None``/``"val"`` = the trainer's held-out views (``split_names``: 10 %, seed 0), ``"all"`` (e.g. a
-    folder of held-out anatomies written with ``simulate --split val``), or ``"ct:0,3"`` = every sample of those CT
-    indices (held-out CTs, when the model was trained without them).
+    ``split``: ``None`` = every sample of a folder of held-out anatomies (written with ``simulate --split val``),
+    else the trainer's held-out views; ``"val"`` = those views (``split_names``: 10 %, seed 0), ``"all"`` = every
+    sample, ``"ct:0,3"`` = every sample of those CT indices (held-out CTs, when the model was trained without them).
     """
     from cxrdecomp.simulate.generate import finished, load_sample
 
     done = finished(root)
     notes = []
+    try:
+        held_out_folder = json.loads((root / "simulation.json").read_text()).get("split") == "val"
+    except (OSError, ValueError):
+        held_out_folder = False
+    if split is None and held_out_folder:
+        split = "all"
+        notes.append(f"held-out anatomies: every sample of a `simulate --split val` folder ({len(done)} samples)")
     if split in (None, "val"):
         names = split_names(root)[1]
         notes.append(f"held-out views: the trainer's validation split ({len(names)} of {len(done)} samples)")
