@@ -134,8 +134,10 @@ class MethodModule(L.LightningModule):
                       "| run | started from | steps | minutes | device |", "|---|---|---|---|---|"]
             prev = "random"
             for r in training["lineage"]:
-                m = f"{r['elapsed_s'] / 60:.1f}" if r.get("elapsed_s") is not None else "unknown"
-                lines.append(f"| `{r['command']}` | {prev} | {r['steps']} | {m} | {r['device']} |")
+                m = f"{r['elapsed_s'] / 60:.1f}" if r.get("elapsed_s") is not None else "not recorded"
+                cmd = f"`{r['command']}`" if r.get("command") else f"`{r['checkpoint']}` (command not recorded)"
+                steps = r["steps"] if r.get("steps") is not None else "not recorded"
+                lines.append(f"| {cmd} | {prev} | {steps} | {m} | {r.get('device') or 'not recorded'} |")
                 prev = f"`{r['checkpoint']}`"
             lines += [f"| **total** | | **{tot['steps']}** | **{tot['elapsed_s'] / 60:.1f}**"
                       + (f" (+{tot['runs_without_time']} run(s) of unknown time)" if tot["runs_without_time"] else "") + " | |", ""]
