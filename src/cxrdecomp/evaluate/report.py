@@ -84,15 +84,14 @@ def _identity_summary(pairs: Path, out: Path, mask_dir=None) -> dict:
 
 from cxrdecomp.methods import RANKING  # noqa: E402 - the file naming the default model, read by methods.default_checkpoint
 
-CRITERION = ("mean of des-dev tone-matched BSR (every bone removed, real dual-energy truth) and bse-jsrt/val "
-             "lung-field BSR (ribs removed inside the lung fields, where BSE-JSRT removed them)")
+CRITERION = ("tone-matched BSR on des-dev: real dual-energy pairs, every bone removed, from other hospitals and "
+             "processing than any training data (bse-jsrt/val is in-domain for the models trained on BSE-JSRT and keeps "
+             "clavicles and spine, so it is shown, not used to choose)")
 
 
-def real_score(bse_lung: float | None, des_tm: float | None) -> float | None:
-    """The real-radiograph score that ranks the bundled models (:data:`CRITERION`); ``None`` if either is missing."""
-    if bse_lung is None or des_tm is None:
-        return None
-    return 0.5 * (float(bse_lung) + float(des_tm))
+def real_score(des_tm: float | None) -> float | None:
+    """The real-radiograph score that ranks the bundled models (:data:`CRITERION`); ``None`` when not measured."""
+    return None if des_tm is None else float(des_tm)
 
 
 def _mean(res: dict, key: str) -> float | None:
@@ -130,7 +129,7 @@ def write_results_page(path: str | os.PathLike = "docs/results.md", *, pairs: st
     simulated pairs when ``simulated`` is given; write the results page ``path`` (Markdown): a "which model" table,
     every metric per set, the identity baseline and the papers' published numbers with the data differences.
 
-    With ``ranking`` and both real sets scored, the bundled models are ranked by :func:`real_score` and the best
+    With ``ranking`` and des-dev scored, the bundled models are ranked by :func:`real_score` and the best
     is written as the default (``pretrained/ranking.json``, read by :func:`cxrdecomp.methods.default_checkpoint`).
     Per-method outputs (CSV, JSON, grids) go to ``work/<set>/<name>/``.
 
@@ -179,7 +178,7 @@ def write_results_page(path: str | os.PathLike = "docs/results.md", *, pairs: st
             sim_rows.append((name, t["results"][name]))
 
     bse, dd = results.get("bse-jsrt/val", {}), results.get("des-dev")
-    scores = {n: real_score(_mean(bse.get(n), "bsr_lung"), _mean((dd or {}).get(n), "bsr_tm")) for n in scored}
+    scores = {n: real_score(_mean((dd or {}).get(n), "bsr_tm")) for n in scored}
     ranked = sorted((n for n in scored if scores[n] is not None), key=lambda n: -scores[n])
     default = ranked[0] if ranked else None
     base = Path(path).resolve().parent.parent  # the repository root for docs/results.md
@@ -213,17 +212,17 @@ def write_results_page(path: str | os.PathLike = "docs/results.md", *, pairs: st
         f"the best by the {CRITERION}.",
         "",
         "| model | network, input | trained on | bse-jsrt/val BSR | lung-field BSR | des-dev BSR | des-dev BSR tone-matched "
-        "| des-dev PSNR dB | score |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| des-dev PSNR dB |",
+        "|---|---|---|---|---|---|---|---|",
         f"| identity (input unchanged) | – | – | 0.000 | 0.000 | {'0.000' if dd is not None else '–'} | "
-        f"{'0.000' if dd is not None else '–'} | {_fmt(_mean(idents.get('des-dev', {}).get('results', {}).get('input'), 'psnr'), 2)} | 0.000 |",
+        f"{'0.000' if dd is not None else '–'} | {_fmt(_mean(idents.get('des-dev', {}).get('results', {}).get('input'), 'psnr'), 2)} |",
     ]
     for n in sorted(scored, key=lambda n: -(scores[n] if scores[n] is not None else -9)):
         i = info[n]
         mark = " **(default)**" if n == default else ""
         L.append(f"| {n}{mark} | `{i['method']}`, {i['size']}² | {_trained_on(i['cfg'])} | {_fmt(_mean(bse.get(n), 'bsr'))} | "
                  f"{_fmt(_mean(bse.get(n), 'bsr_lung'))} | {_fmt(_mean((dd or {}).get(n), 'bsr'))} | "
-                 f"{_fmt(_mean((dd or {}).get(n), 'bsr_tm'))} | {_fmt(_mean((dd or {}).get(n), 'psnr'), 2)} | {_fmt(scores[n])} |")
+                 f"{_fmt(_mean((dd or {}).get(n), 'bsr_tm'))} | {_fmt(_mean((dd or {}).get(n), 'psnr'), 2)} |")
     L.append("")
     if dd is None:
         L += [f"des-dev was not found at `{rel(des)}`: no score, no ranking (set `$CXRDECOMP_DES_DEV`).", ""]
