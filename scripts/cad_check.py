@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     keys = list(variants)
     for i, (c, s) in enumerate(pairs):
         img = read_gray01(c, 256)
-        outs = [torch.from_numpy(img), lung(img).enhanced, soft(img).soft_tissue, torch.from_numpy(read_gray01(s, 256))]
+        outs = [torch.tensor(img), lung(img).enhanced, soft(img).soft_tissue, torch.tensor(read_gray01(s, 256))]
         for k, o in zip(keys, outs):
             variants[k].append(F.interpolate(o.float().clamp(0, 1)[None, None], size=(a.size, a.size), mode="area")[0])
         print(f"\rdecomposed {i + 1}/{len(pairs)}", end="", file=sys.stderr)
