@@ -21,7 +21,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::cxrdecomp.io.radiograph.RadiographWarning"),
     pytest.mark.filterwarnings("ignore:.*unlikely to represent the intended person name"),
 ]
-ORTHANC = shutil.which("Orthanc")
+ORTHANC = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
 if ORTHANC is None:
     pytest.skip("Orthanc is not installed (Debian package `orthanc`; .ci/run installs it)", allow_module_level=True)
 
