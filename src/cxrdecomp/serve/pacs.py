@@ -85,20 +85,15 @@ class Destination:
         return cls(host, int(port), aet)
 
 
-def send_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDECOMP", timeout: float = 30) -> int:
-    """C-STORE DICOM files (Secondary Capture, as written by :mod:`cxrdecomp.io.dicom_out`) to ``dest``.
+def store_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDECOMP", timeout: float = 30) -> list[Path]:
+    """C-STORE DICOM files (as written by :mod:`cxrdecomp.io.dicom_out`) to ``dest``.
 
     Returns:
-        The number of instances the destination accepted (status 0x0000 or a warning 0xB...).
+        The files the destination accepted (status 0x0000 or a warning 0xB...).
 
     Raises:
         CxrdecompError: the association is rejected or cannot be made.
     """
-    return len(store_files(dest, files, calling_aet, timeout))
-
-
-def store_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDECOMP", timeout: float = 30) -> list[Path]:
-    """Like :func:`send_files`, returning the files the destination accepted."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
     from pynetdicom.sop_class import SecondaryCaptureImageStorage
