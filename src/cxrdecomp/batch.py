@@ -156,6 +156,7 @@ def write_case(
     from cxrdecomp.io.dicom_out import DerivedStudy
 
     folder = Path(folder)
+    made_as = derivation(method, checkpoint, options)
     with atomic_folder(folder) as tmp:
         outs = dec.images()
         files: dict[str, str] = {}
@@ -179,7 +180,7 @@ def write_case(
             jobs.append((images.write_png16, (tmp / f"{kind}.png", px)))
             files[f"{kind}.png"] = f"{kind}.png"
         if write_dicom:
-            study = DerivedStudy(rg.dataset, rg.path.name, derivation=derivation(method, checkpoint, options))
+            study = DerivedStudy(rg.dataset, rg.path.name, derivation=made_as)
             for kind, px in pixels.items():
                 rng = tuple(ranges[kind]) if kind in ranges else None
                 jobs.append((partial(study.write, pixel_spacing=rg.pixel_spacing, display_range=rng), (tmp / f"{kind}.dcm", px, kind, method)))
@@ -205,7 +206,7 @@ def write_case(
             "preview": "preview.png",
             "warnings": rg.warnings,
             "cxrdecomp_version": __version__,
-            "derivation": derivation(method, checkpoint, options),
+            "derivation": made_as,
             "dicom": bool(write_dicom),
         }
         with atomic_path(tmp / CASE_FILE) as t:

@@ -101,27 +101,30 @@ class DerivedStudy:
         ref = self.source
         return ref is not None and str(ref.get("Modality", "")) in ("CR", "DX") and _valid_spacing(ref.get("ImagerPixelSpacing"))
 
-    def _write_dx(self, path, image, kind, method, label, code, offset, display_range) -> Path:
+    def _uids(self, kind: str) -> tuple[str, str]:
+        """``(SeriesInstanceUID, SOPInstanceUID)`` of a derived image: :func:`derived_uid` when deterministic, else new."""
+        if not self._deterministic():
+            return _new_uid(), _new_uid()
+        sop = self._ref.SOPInstanceUID
+        return derived_uid(sop, self.derivation, kind, "series"), derived_uid(sop, self.derivation, kind, "instance")
+
+    def _write_dx(self, path, image, kind, method, label, offset, display_range) -> Path:
         ref = self.source
-        desc = f"{label} by cxrdecomp method {method}; pixel = 65535 * clip(value, 0, 1)"
-        if display_range is not None:
-            lo, hi = display_range
-            desc += f"; value = (bone - {lo:.6g}) / ({hi:.6g} - {lo:.6g})"
-        det = self._deterministic()
+        series_uid, sop_uid = self._uids(kind)
         px_spacing, calib = None, None
         if _valid_spacing(ref.get("PixelSpacing")) and ref.get("PixelSpacingCalibrationType"):
             px_spacing = tuple(float(v) for v in ref.PixelSpacing)
             calib = (str(ref.PixelSpacingCalibrationType), str(ref.get("PixelSpacingCalibrationDescription", "")) or "as the source image")
         return write_dx_image(
             path, image, study=self,
-            series_instance_uid=derived_uid(ref.SOPInstanceUID, self.derivation, kind, "series") if det else _new_uid(),
-            sop_instance_uid=derived_uid(ref.SOPInstanceUID, self.derivation, kind, "instance") if det else None,
+            series_instance_uid=series_uid, sop_instance_uid=sop_uid,
             series_number=SERIES_NUMBER_BASE + offset, instance_number=1, series_description=f"{label} ({method}, cxrdecomp)",
             imager_pixel_spacing=tuple(float(v) for v in ref.ImagerPixelSpacing), image_type=("DERIVED", "SECONDARY"),  # DX: no value 3
             view_position=str(ref.get("ViewPosition", "")) or "PA", kvp=float(ref.KVP) if ref.get("KVP") else None,
             sdd_mm=float(ref.DistanceSourceToDetector) if ref.get("DistanceSourceToDetector") else None,
             source_to_patient_mm=float(ref.DistanceSourceToPatient) if ref.get("DistanceSourceToPatient") else None,
-            pixel_spacing=px_spacing, pixel_spacing_calibration=calib, derivation=desc, model_name="cxrdecomp",
+            pixel_spacing=px_spacing, pixel_spacing_calibration=calib, derivation=_derivation_description(label, method, display_range),
+            model_name="cxrdecomp",
             source_image=ref, patient_orientation=_orientation(ref) or ("L", "F"),
         )
 
@@ -161,11 +164,10 @@ class DerivedStudy:
 
         label, code, offset = _label(kind)
         if self._as_dx():
-            return self._write_dx(path, image, kind, method, label, code, offset, display_range)
+            return self._write_dx(path, image, kind, method, label, offset, display_range)
         pixels = to_uint16(image)
         ref = self._ref
-        series_uid, sop_uid = (str(hd.UID()), str(hd.UID())) if not self._deterministic() else (
-            derived_uid(ref.SOPInstanceUID, self.derivation, kind, "series"), derived_uid(ref.SOPInstanceUID, self.derivation, kind, "instance"))
+        series_uid, sop_uid = self._uids(kind)
         orientation = _orientation(ref)
         common = dict(
             pixel_array=pixels,
@@ -189,11 +191,7 @@ class DerivedStudy:
         if orientation is None:
             sc.PatientOrientation = None  # unknown: type 2, left empty rather than guessed
         sc.ImageType = ["DERIVED", "SECONDARY", code]
-        desc = f"{label} by cxrdecomp method {method}; pixel = 65535 * clip(value, 0, 1)"
-        if display_range is not None:
-            lo, hi = display_range
-            desc += f"; value = (bone - {lo:.6g}) / ({hi:.6g} - {lo:.6g})"
-        sc.DerivationDescription = desc[:1024]
+        sc.DerivationDescription = _derivation_description(label, method, display_range)[:1024]
         sc.WindowCenter = 32767.5
         sc.WindowWidth = 65536
         sc.BurnedInAnnotation = "NO"
@@ -236,6 +234,15 @@ def _valid_spacing(v) -> bool:
         return v is not None and len(v) == 2 and all(float(x) > 0 for x in v)
     except (TypeError, ValueError):
         return False
+
+
+def _derivation_description(label: str, method: str, display_range: tuple[float, float] | None) -> str:
+    """DerivationDescription: what the image is and how its pixel values map back to the display-domain values."""
+    desc = f"{label} by cxrdecomp method {method}; pixel = 65535 * clip(value, 0, 1)"
+    if display_range is not None:
+        lo, hi = display_range
+        desc += f"; value = (bone - {lo:.6g}) / ({hi:.6g} - {lo:.6g})"
+    return desc
 
 
 def _new_uid() -> str:
