@@ -19,6 +19,7 @@ from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.sop_class import (  # noqa: E402
     CTImageStorage,
     ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
     SecondaryCaptureImageStorage,
     Verification,
 )
@@ -49,6 +50,7 @@ class Sink:
         self.got = threading.Event()
         ae = AE(ae_title="SINK")
         ae.add_supported_context(SecondaryCaptureImageStorage)
+        ae.add_supported_context(DigitalXRayImageStorageForPresentation)
         self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
 
@@ -216,5 +218,24 @@ def test_forward_survives_a_down_destination_and_a_restart_and_arrives_once(node
         want = sorted(pydicom.dcmread(folder / f"{k}.dcm", stop_before_pixels=True).SOPInstanceUID for k in ("bone", "soft_tissue", "enhanced"))
         assert uids == want  # exactly once each
         assert not list((tmp_path / "out" / ".outbox").glob("*.json"))
+    finally:
+        sink.server.shutdown()
+
+
+def test_derived_dx_images_of_a_cr_with_detector_spacing_are_forwarded(node, tmp_path):
+    """A CR giving ImagerPixelSpacing gets derived DX images (not Secondary Capture): the forward must offer DX too."""
+    sink = Sink()
+    try:
+        scp = node(forward=Destination("127.0.0.1", sink.port, "SINK"))
+        src = pydicom.dcmread(io.BytesIO(synthetic_cr((64, 64))))
+        del src.PixelSpacing
+        src.ImagerPixelSpacing = [0.2, 0.2]
+        assoc = scu(scp.port, [ComputedRadiographyImageStorage])
+        try:
+            assert assoc.send_c_store(src).Status == 0x0000
+        finally:
+            assoc.release()
+        assert scp.wait_idle(TIMEOUT) and scp.wait_sent(TIMEOUT) and sink.got.wait(TIMEOUT)
+        assert sorted(str(ds.SOPClassUID) for ds in sink.received) == [DigitalXRayImageStorageForPresentation] * 3
     finally:
         sink.server.shutdown()

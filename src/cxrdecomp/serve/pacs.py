@@ -86,7 +86,8 @@ class Destination:
 
 
 def store_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDECOMP", timeout: float = 30) -> list[Path]:
-    """C-STORE DICOM files (as written by :mod:`cxrdecomp.io.dicom_out`) to ``dest``.
+    """C-STORE DICOM files (as written by :mod:`cxrdecomp.io.dicom_out`: Secondary Capture, or DX "for presentation"
+    for CR/DX sources with detector spacing) to ``dest``.
 
     Returns:
         The files the destination accepted (status 0x0000 or a warning 0xB...).
@@ -96,11 +97,12 @@ def store_files(dest: Destination, files: list[Path], calling_aet: str = "CXRDEC
     """
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
-    from pynetdicom.sop_class import SecondaryCaptureImageStorage
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    for sop in (SecondaryCaptureImageStorage, DigitalXRayImageStorageForPresentation):
+        ae.add_requested_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         raise CxrdecompError(f"cannot forward to {dest.ae_title}@{dest.host}:{dest.port}: association rejected, aborted or never connected")
