@@ -239,3 +239,24 @@ def test_derived_dx_images_of_a_cr_with_detector_spacing_are_forwarded(node, tmp
         assert sorted(str(ds.SOPClassUID) for ds in sink.received) == [DigitalXRayImageStorageForPresentation] * 3
     finally:
         sink.server.shutdown()
+
+
+def test_outbox_listing_survives_a_job_finished_while_it_lists(tmp_path):
+    """The sender thread deletes a finished job between another thread's directory listing and its read (the race
+    CI once hit in ``wait_sent``): the listing must skip the vanished job, not raise."""
+    from pathlib import Path
+
+    from cxrdecomp.serve.pacs import Outbox
+
+    box = Outbox(tmp_path / "outbox")
+    kept = box.add(Destination("127.0.0.1", 104, "PACS"), [tmp_path / "a.dcm"], "1.2.3")
+    gone = box.folder / "1.2.4.json"
+
+    class Listing(type(box.folder)):  # a listing taken just before the sender removed 1.2.4.json
+        def glob(self, pattern):
+            return iter([gone, kept])
+
+    box.folder = Listing(box.folder)
+    assert [p.name for p, _ in box.jobs()] == ["1.2.3.json"]
+    assert [s["name"] for s in box.status()] == ["1.2.3"]
+    assert isinstance(box.folder, Path)

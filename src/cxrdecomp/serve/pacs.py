@@ -156,13 +156,15 @@ class Outbox:
         """Pending jobs ``(file, job)``, oldest first (unreadable job files are skipped with a log line)."""
         import json
 
-        out = []
-        for f in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if self.folder.is_dir() else []:
-            try:
-                out.append((f, json.loads(f.read_text())))
+        found = []
+        for f in self.folder.glob("*.json") if self.folder.is_dir() else []:
+            try:  # the sender thread may finish (delete) a job between the listing and the read: it is simply gone
+                found.append((f.stat().st_mtime, f, json.loads(f.read_text())))
+            except FileNotFoundError:
+                continue
             except (OSError, ValueError) as e:
                 log.error("outbox: cannot read %s: %s", f.name, e)
-        return out
+        return [(f, job) for _, f, job in sorted(found, key=lambda t: t[0])]
 
     def attempt_due(self, now: float | None = None) -> int:
         """Try every job whose time has come once; returns how many jobs finished."""
