@@ -237,7 +237,7 @@ def test_cli_train_lists_every_method_and_rejects_unknown(tmp_path):
 
     r = CliRunner().invoke(app, ["train", "--help"])
     assert r.exit_code == 0
-    for name in ("bone_unet", "lung", "dae", "bsdiff"):
+    for name in ("bone_unet", "lung", "dae", "bsdiff", "xraysyn"):
         assert name in r.output and name in methods.trainable()
     r = CliRunner().invoke(app, ["train", "nope", "--data", str(tmp_path)])
     assert r.exit_code == 2 and "No such command 'nope'" in r.output

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from cxrdecomp.cli import data, decompose, drr, evaluate, serve, simulate, train  # noqa: F401  (register the commands)
+from cxrdecomp.cli import data, decompose, drr, evaluate, serve, simulate, train, views  # noqa: F401  (register the commands)
 from cxrdecomp.cli.app import app
 from cxrdecomp.errors import CxrdecompError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-WORKFLOW = ("data", "simulate", "simulate-lung", "drr", "train", "decompose", "demo", "evaluate", "serve", "pacs")
+WORKFLOW = ("data", "simulate", "simulate-lung", "drr", "train", "decompose", "views", "demo", "evaluate", "serve", "pacs")
 """Order of the commands in ``cxrdecomp --help``: the order a user needs them."""
 
 

@@ -59,7 +59,10 @@ def backproject(
     if normalize:
         ones = PreparedVolume(torch.ones(shape, device=dev, dtype=dt), spacing)
         length = forward_project(ones, pose, detector, parallel=parallel, method=method)  # (B, 1, H, W) cm
-        src_img = torch.where(length > 1e-6, image / length.clamp(min=1e-6), torch.zeros_like(image))
+        # rays that graze the volume (chord under one voxel) would put I / L ≫ the interior values into the voxels
+        # their neighbours cross; their chord is taken as at least one voxel (FP∘BP = I then holds wherever L ≥ a voxel)
+        floor = min(float(s) for s in spacing) / 10.0  # one voxel in cm
+        src_img = torch.where(length > 1e-6, image / length.clamp(min=floor), torch.zeros_like(image))
     o, ec, er = detector_frame(detector, pose, dev, dt, parallel=parallel)
     nrm = torch.cross(ec, er, dim=-1)
     sp = torch.tensor(spacing, device=dev, dtype=dt)

@@ -383,3 +383,43 @@ def build_refine(**cfg) -> RefineNet2D:
 def build_discriminator(**cfg) -> PatchDiscriminator:
     """:class:`PatchDiscriminator` from ``cfg`` (default: 64 filters, 3 layers)."""
     return PatchDiscriminator(**cfg)
+
+
+class XraySyn(nn.Module):
+    """The trained XraySyn system: the 3DPN (``prior``), optionally the 2DRN (``refine``), and its scene.
+
+    ``config.json["model"]`` is ``{"prior": {...}, "refine": {...} | None, "scene": {...}}``: the
+    :class:`PriorNet3D` and :class:`RefineNet2D` keyword arguments and the
+    :class:`~cxrdecomp.methods.xraysyn.scene.SceneConfig` (geometry, spectrum, calibration) the networks were trained in.
+
+    :meth:`forward` is Eq. 7–8: attenuation-domain radiographs ``(B, 1, h, h)`` (``h = scene.view_size``) at
+    ``(B, 2)`` poses (azimuth, elevation, degrees) → the 3DPN's dict (``mask``, ``bone``, ``tissue``, ``volume`` …,
+    each ``(B, 1, N, N, N)``). :meth:`render` projects that volume to other poses (Eq. 1–6).
+    """
+
+    def __init__(self, prior: dict | None = None, refine: dict | None = None, scene: dict | None = None):
+        super().__init__()
+        from cxrdecomp.methods.xraysyn.scene import Scene, SceneConfig
+
+        self.prior = PriorNet3D(**(prior if prior is not None else PriorNet3D.small_config()))
+        self.refine = RefineNet2D(**refine) if refine else None
+        self.scene = Scene(SceneConfig.from_json(scene))
+
+    def forward(self, log: torch.Tensor, angles: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.prior(self.scene.backproject(log, angles))
+
+    def densities(self, pred: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bone and tissue densities ``(B, 2, N, N, N)`` (g/cm³) of a 3DPN output: ``m·ρ(b)`` and ``(1 − m)·ρ(s)``."""
+        from cxrdecomp.physics.materials import hu_to_density
+
+        return torch.cat([pred["mask"] * hu_to_density(pred["bone"]), (1.0 - pred["mask"]) * hu_to_density(pred["tissue"])], 1)
+
+    def render(self, pred: dict[str, torch.Tensor], angles: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CT2Xray of the predicted volume at ``(B, 2)`` poses: ``thickness (B, 2, h, h)`` g/cm², ``log (B, 1, h, h)``."""
+        t = self.scene.thickness(self.densities(pred), angles)
+        return {"thickness": t, "log": self.scene.radiograph(t)}
+
+
+def build(**cfg) -> XraySyn:
+    """The registry's builder: :class:`XraySyn` from ``config.json["model"]``."""
+    return XraySyn(**cfg)

@@ -1,0 +1,161 @@
+"""Training of XraySyn's 3D prior network (``cxrdecomp train xraysyn``), Peng et al. AAAI 2021 §3.1, Eq. 8–10.
+
+Each step: backproject the input radiograph (Eq. 7), predict bone mask, bone HU and tissue HU (Eq. 8), render the
+prediction by CT2Xray at the input pose T and the novel pose T′ (Eq. 1–6, the differentiable projector) and minimise
+``L_G = λ_CT‖V − V_gt‖₁/5000 + λ_mask BCE(m, m_gt) + λ_xray (L_xray^T + L_xray^T′)`` (:func:`prior_loss`,
+:func:`xray_loss`). Validation (held-out anatomies) logs the paper's Table 1 quantities: PSNR/SSIM of the
+radiograph ``I_CT``, ``t_bone`` and ``t_tissue`` at T and at T′ (each image divided by its ground truth's maximum,
+data range 1); ``scripts/xraysyn_eval.py`` scores the bundled model beside the baselines on the same samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cxrdecomp import metrics
+from cxrdecomp.methods.xraysyn.losses import PriorWeights, prior_loss, xray_loss
+from cxrdecomp.methods.xraysyn.network import PriorNet3D, XraySyn
+from cxrdecomp.methods.xraysyn.options import Options
+from cxrdecomp.methods.xraysyn.scene import LOG_SCALE, QUANTILES, SceneConfig
+from cxrdecomp.train import MethodModule, fit
+
+THICKNESS_SCALE = 10.0
+"""g/cm² dividing the thicknesses inside the x-ray loss (tissue 0 … ~30, bone 0 … ~5)."""
+VIEWS = ("T", "T'")
+
+
+def view_metrics(pred: dict[str, torch.Tensor], gt: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Table 1 quantities of one view: ``{psnr,ssim}_{image,bone,tissue}`` per image ``(B,)``.
+
+    ``pred``/``gt`` hold ``log (B, 1, h, w)`` and ``thickness (B, 2, h, w)``; every image is divided by the maximum of
+    its ground truth, so that PSNR and SSIM use data range 1 as the paper's normalised images.
+    """
+    out = {}
+    for name, p, t in (("image", pred["log"], gt["log"]), ("bone", pred["thickness"][:, :1], gt["thickness"][:, :1]),
+                       ("tissue", pred["thickness"][:, 1:2], gt["thickness"][:, 1:2])):
+        s = t.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
+        m = metrics.image_metrics((p / s).clamp(0, 1).float(), (t / s).float(), data_range=1.0, with_ms_ssim=False)
+        out[f"psnr_{name}"], out[f"ssim_{name}"] = m["psnr"], m["ssim"]
+    return out
+
+
+class PriorModule(MethodModule):
+    """LightningModule of the 3DPN (module docstring)."""
+
+    method = "xraysyn"
+    card_summary = (
+        "XraySyn 3D prior network (3DPN, Peng et al., AAAI 2021, Eq. 8–10), trained on the deformation bank of a CT "
+        "rendered by polyenergetic cone-beam CT2Xray. Input: a frontal chest radiograph; output: a volume of bone mask, "
+        "bone HU and tissue HU from which novel views (`cxrdecomp views`) and, by reversing CT2Xray (Algorithm 1), a "
+        "bone-suppressed image are rendered."
+    )
+
+    def __init__(self, prior: dict, scene: dict, lr: float = 2e-4, lambda_ct: float = 1.0, lambda_mask: float = 0.1,
+                 lambda_xray: float = 1.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = {"prior": prior, "refine": None, "scene": scene}
+        self.net = XraySyn(**self.model_config)
+        self.input_size = int(scene.get("view_size", 64))
+        self.inference_defaults = {"w": 1.0, "w_s": 1.0, "channels_last": False}  # 3-D convolutions: no channels-last
+        self.lr = lr
+        self.weights = PriorWeights(ct=lambda_ct, mask=lambda_mask, xray=lambda_xray)
+
+    def _step(self, batch):
+        ang, log, th = batch["angles"], batch["log"], batch["thickness"]
+        pred = self.net.prior(batch["bp"])
+        terms, renders = [], []
+        for v in range(2):
+            r = self.net.render(pred, ang[:, v])
+            renders.append(r)
+            t_gt = th[:, v] / THICKNESS_SCALE
+            t_pr = r["thickness"] / THICKNESS_SCALE
+            terms.append(xray_loss(r["log"] / LOG_SCALE, log[:, v] / LOG_SCALE, {"bone": t_pr[:, :1], "tissue": t_pr[:, 1:]},
+                                   {"bone": t_gt[:, :1], "tissue": t_gt[:, 1:]}))
+        loss, parts = prior_loss(pred, {"volume": batch["hu"], "mask": batch["mask"]}, self.weights, terms)
+        return loss, parts, renders
+
+    def training_step(self, batch, batch_idx):
+        loss, parts, _ = self._step(batch)
+        n = batch["bp"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, batch_size=n)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, parts, renders = self._step(batch)
+        n = batch["bp"].shape[0]
+        self.log("val/loss", loss, sync_dist=True, batch_size=n)
+        self.log("val/ct_hu_mae", parts["ct"] * self.weights.hu_scale, sync_dist=True, batch_size=n)
+        for v, r in enumerate(renders):
+            gt = {"log": batch["log"][:, v], "thickness": batch["thickness"][:, v]}
+            tag = "T" if v == 0 else "Tn"
+            for k, val in view_metrics(r, gt).items():
+                self.log(f"val/{k}_{tag}", val.mean(), sync_dist=True, prog_bar=(k == "psnr_image" and v == 1), batch_size=n)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.999))
+
+
+def calibration_quantiles(ds, n: int = 8) -> tuple[float, float]:
+    """Mean attenuation-domain image quantiles (:data:`QUANTILES`) of ``n`` training anatomies at the frontal pose
+    (the target range of :func:`~cxrdecomp.methods.xraysyn.scene.calibrate`)."""
+    qs = []
+    for i in range(n):
+        hu, mask = ds.bank.volume(ds.bank.anatomy(i * ds.bank.sim.anatomy_reuse, "train"))
+        log = ds.scene.render(hu[None], mask[None], torch.zeros(1, 2))["log"]
+        qs.append(torch.quantile(log.flatten(), torch.tensor(QUANTILES)))
+    q = torch.stack(qs).mean(0)
+    return float(f"{float(q[0]):.4g}"), float(f"{float(q[1]):.4g}")
+
+
+def build_data(o: Options):
+    """Training and validation datasets and the scene of the options (the example CT by default)."""
+    from cxrdecomp.io.ct import example_ct, read_ct
+    from cxrdecomp.methods.xraysyn.data import DeformationBank, XraySynSamples, fit_cube
+    from cxrdecomp.simulate.pipeline import check_ct
+
+    ct = read_ct(o.ct, o.labels, o.label_names) if o.ct is not None else example_ct()
+    check_ct(ct)
+    cfg = SceneConfig(volume_size=int(o.volume_size), cube_mm=fit_cube(ct), render_size=int(o.render_size), view_size=int(o.size))
+    bank = DeformationBank(ct, cfg, n_val_anatomies=o.n_val_anatomies, seed=int(o.seed))
+    train_ds = XraySynSamples(bank, o.epoch_samples, "train", o.max_angle, o.novel_angle)
+    cfg = SceneConfig(**{**cfg.__dict__, "calibration": calibration_quantiles(train_ds)})
+    bank.config = cfg
+    train_ds = XraySynSamples(bank, o.epoch_samples, "train", o.max_angle, o.novel_angle)
+    val_ds = XraySynSamples(bank, o.val_samples, "val", o.max_angle, o.novel_angle)
+    return train_ds, val_ds, cfg, ct
+
+
+def train(o: Options) -> Path:
+    """Train the 3DPN; returns the exported checkpoint folder ``OUT/model``.
+
+    Raises:
+        ConfigError: unknown configuration, or a volume size the network cannot take.
+        InputError / DataNotFoundError: an unreadable or unusable CT.
+    """
+    from cxrdecomp.data.loaders import make_loader
+    from cxrdecomp.data.online import EpochSampler
+    from cxrdecomp.errors import ConfigError
+
+    configs = {"small": PriorNet3D.small_config(), "full": PriorNet3D.full_config()}
+    if o.config not in configs:
+        raise ConfigError(f"--config must be one of {sorted(configs)}, not {o.config!r}")
+    prior = {k: (list(v) if isinstance(v, tuple) else v) for k, v in configs[o.config].items()}
+    k = 2 ** prior["levels"]
+    if int(o.volume_size) % k:
+        raise ConfigError(f"--volume-size {o.volume_size} must be divisible by 2**levels = {k} of the {o.config} 3DPN")
+    torch.manual_seed(int(o.seed))
+    train_ds, val_ds, cfg, ct = build_data(o)
+    module = PriorModule(prior, cfg.to_json(), lr=o.lr, lambda_ct=o.lambda_ct, lambda_mask=o.lambda_mask, lambda_xray=o.lambda_xray)
+    train_loader = make_loader(train_ds, o.batch_size, shuffle=False, num_workers=o.num_workers, drop_last=True,
+                               sampler=EpochSampler(len(train_ds)))
+    val_loader = make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers, sampler=EpochSampler(len(val_ds), fixed=True))
+    name = getattr(ct, "source", "") or "the example CT"
+    desc = (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, CT2Xray {cfg.kvp:g} kVp at "
+            f"{cfg.render_size}² pooled to {cfg.view_size}², poses ±{o.max_angle:g}° (T) / ±{o.novel_angle:g}° (T′); "
+            f"{o.epoch_samples} fresh samples per epoch, validation {o.val_samples} samples of {o.n_val_anatomies} held-out anatomies")
+    return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)
