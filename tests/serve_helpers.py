@@ -36,3 +36,36 @@ def synthetic_cr(shape=(128, 96), seed=0) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+XRAYSYN_TINY = {
+    "prior": {"levels": 2, "channels": [4, 8]},
+    "refine": None,
+    # calibration: the attenuation range this random 3DPN renders (~1.1 ... 4.4), so that its views are not all clipped
+    "scene": {"volume_size": 16, "cube_mm": 96.0, "render_size": 32, "view_size": 16, "sdd_mm": 1000.0, "sod_mm": 800.0,
+              "calibration": [1.0, 4.5]},
+}
+
+
+def tiny_xraysyn(folder, seed=0):
+    """Save a tiny random XraySyn checkpoint (16³ volume, 16² views) to ``folder``; returns the folder."""
+    import torch
+
+    from cxrdecomp import checkpoint
+    from cxrdecomp.methods.xraysyn.network import XraySyn
+
+    torch.manual_seed(seed)
+    cfg = {"method": "xraysyn", "model": XRAYSYN_TINY, "input_size": 16, "inference": {"w": 1.0, "w_s": 1.0, "channels_last": False}}
+    return checkpoint.save(folder, XraySyn(**XRAYSYN_TINY), cfg, "tiny random XraySyn test model")
+
+
+def ramp_png(shape=(72, 80)) -> bytes:
+    """An 8-bit greyscale PNG: a vertical profile with bright horizontal 'ribs'."""
+    from PIL import Image
+
+    h, w = shape
+    y = np.linspace(0, 1, h)[:, None]
+    a = (0.3 + 0.5 * np.sin(np.pi * y) + 0.2 * (np.sin(20 * y) > 0.7)) * np.ones((1, w))
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,4 +1,5 @@
-"""Web viewer: upload DICOM / PNG, results at the input's size, identity of the outputs, 400 on bad input, LRU."""
+"""Web viewer: upload DICOM / PNG, results at the input's size, identity of the outputs, 400 on bad input, LRU;
+novel views of an XraySyn result (view.png)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ with warnings.catch_warnings():  # starlette: "Using httpx with starlette.testcl
     from fastapi.testclient import TestClient  # noqa: E402
 
 from cxrdecomp.serve.web import ResultStore, create_app  # noqa: E402
-from serve_helpers import synthetic_cr  # noqa: E402
+from serve_helpers import ramp_png, synthetic_cr, tiny_xraysyn  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::cxrdecomp.io.radiograph.RadiographWarning"),
@@ -142,7 +143,7 @@ def test_index_page_and_methods(client, tiny_ckpt):
     assert "/api/decompose" in page and '<canvas id="c_enhanced"' in page and 'type="range"' in page
     assert "http://" not in page and "https://" not in page  # self-contained: no CDN
     j = client.get("/api/methods").json()
-    assert j["default"] == "bone" and j["methods"] == [{"name": "bone", "checkpoint": str(tiny_ckpt)}]
+    assert j["default"] == "bone" and j["methods"] == [{"name": "bone", "checkpoint": str(tiny_ckpt), "views": False}]
     assert isinstance(j["pretrained"], list)
 
 
@@ -207,3 +208,91 @@ def test_ct_upload_400_names_the_file(client):
     r = client.post("/api/decompose", files={"file": ("scan.dcm", buf.getvalue(), "application/dicom")})
     assert r.status_code == 400
     assert r.json()["detail"].startswith("scan.dcm: not a projection radiograph (Modality CT")
+
+
+@pytest.fixture(scope="module")
+def tiny_xraysyn_ckpt(tmp_path_factory):
+    return tiny_xraysyn(tmp_path_factory.mktemp("ckpt") / "xraysyn")
+
+
+@pytest.fixture()
+def views_client(tiny_ckpt, tiny_xraysyn_ckpt, tmp_path):
+    """A server with a bone U-Net ("bone") and an XraySyn model ("xraysyn"); ``prior_runs`` counts the 3DPN's runs."""
+    ckpts = {"bone": str(tiny_ckpt), "xraysyn": str(tiny_xraysyn_ckpt)}
+    runs = []
+
+    def factory(method):
+        dec = Decomposer.from_pretrained(ckpts[method], device="cpu")
+        if method == "xraysyn":
+            dec.model.prior.register_forward_hook(lambda *_: runs.append(1))
+        return dec
+
+    app = create_app(factory, ckpts, default_method="xraysyn", results_dir=tmp_path / "results", max_results=3, max_views=2)
+    with TestClient(app) as c:
+        c.prior_runs = runs
+        yield c
+
+
+def _upload(client, method: str) -> dict:
+    r = client.post("/api/decompose", files={"file": ("ramp.png", ramp_png(), "image/png")}, params={"method": method})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_xraysyn_result_view_png_at_two_angles(views_client, tmp_path):
+    from cxrdecomp.io.images import to_uint8
+    from cxrdecomp.io.radiograph import read_radiograph
+    from cxrdecomp.methods.xraysyn.predict import views
+
+    c = views_client
+    assert {m["name"]: m["views"] for m in c.get("/api/methods").json()["methods"]} == {"bone": False, "xraysyn": True}
+    j = _upload(c, "xraysyn")
+    assert j["views"] == {"url": f"/api/results/{j['id']}/view.png", "max_angle": 18.0, "size": [16, 16]}
+    assert len(c.prior_runs) == 1  # the decomposition
+    got = {}
+    for az in (-9, 9, -9):
+        r = c.get(j["views"]["url"], params={"azimuth": az})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+        got.setdefault(az, []).append(r.content)
+    assert got[-9][0] == got[-9][1] and got[-9][0] != got[9][0]
+    assert len(c.prior_runs) == 2  # one 3DPN run for all the views: each angle only re-renders its prediction
+    shown = {az: np.asarray(Image.open(io.BytesIO(b[0]))) for az, b in got.items()}
+    assert all(a.shape == (16, 16) and a.dtype == np.uint8 and a.std() > 1 for a in shown.values())
+    # the same images as the views of the method's own function on the input the network saw
+    (tmp_path / "ramp.png").write_bytes(ramp_png())
+    dec = c.app.state.decomposers("xraysyn")
+    x = dec.to_model_size(torch.from_numpy(read_radiograph(tmp_path / "ramp.png").image)[None, None])
+    ref = views(dec.model, x, torch.tensor([[-9.0, 0.0], [9.0, 0.0]]))["image"][0]
+    for k, az in enumerate((-9, 9)):
+        assert np.abs(shown[az].astype(int) - to_uint8(ref[k]).astype(int)).max() <= 1
+
+
+def test_view_png_400_for_other_methods_and_angles_out_of_range(views_client):
+    c = views_client
+    b = _upload(c, "bone")
+    assert b["views"] is None
+    r = c.get(f"/api/results/{b['id']}/view.png", params={"azimuth": 9})
+    detail = r.json()["detail"]
+    assert r.status_code == 400 and "'bone'" in detail and "no novel views" in detail and "\n" not in detail
+    url = _upload(c, "xraysyn")["views"]["url"]
+    for params, fragment in [({"azimuth": 19}, "azimuth 19°"), ({"azimuth": -18.5}, "azimuth -18.5°"),
+                             ({"elevation": 30}, "elevation 30°"), ({"azimuth": "nan"}, "azimuth nan°")]:
+        r = c.get(url, params=params)
+        assert r.status_code == 400 and fragment in r.json()["detail"] and "±18°" in r.json()["detail"], (params, r.text)
+    assert c.get(url, params={"azimuth": 18, "elevation": -18}).status_code == 200  # the bounds themselves are served
+    assert c.get("/api/results/" + "0" * 32 + "/view.png").status_code == 404
+    assert c.get(url.replace("view.png", "bone.png")).status_code == 200  # the display PNGs are still served
+
+
+def test_view_cache_bounded_and_dropped_with_its_result(views_client):
+    c, cache = views_client, views_client.app.state.views
+    ids = [_upload(c, "xraysyn")["id"] for _ in range(3)]
+    for i in ids:
+        assert c.get(f"/api/results/{i}/view.png").status_code == 200
+    assert len(cache) == 2 and ids[0] not in cache  # max_views=2: least recently used dropped first
+    assert c.get(f"/api/results/{ids[0]}/view.png", params={"azimuth": 3}).status_code == 200  # computed again
+    assert ids[0] in cache and ids[1] not in cache
+    for _ in range(3):  # max_results=3: the xraysyn results are removed ...
+        _upload(c, "bone")
+    assert len(cache) == 0  # ... and their predictions with them
+    assert c.get(f"/api/results/{ids[0]}/view.png").status_code == 404

@@ -158,3 +158,38 @@ def test_train_export_decompose_and_views(tmp_path, bank):
 
     assert isinstance(r.exception, ConfigError) and "views need an XraySyn checkpoint" in str(r.exception)  # main() prints it, exit 2
     assert not (tmp_path / "v2").exists()
+
+
+@pytest.mark.slow
+def test_refine_stage_on_a_frozen_prior_exports_both_and_adds_up_the_compute(tmp_path):
+    """`--stage refine` trains the 2DRN on a frozen 3DPN: the 3DPN's weights are unchanged, the export holds both networks
+    at the render size, the card's compute table lists the 3DPN's run, and a real radiograph decomposes through it."""
+    import nibabel as nib
+
+    from cxrdecomp import methods
+    from cxrdecomp.decomposer import Decomposer
+    from cxrdecomp.errors import ConfigError
+    from cxrdecomp.methods.xraysyn.module import train
+    from cxrdecomp.methods.xraysyn.options import Options
+
+    ct = chest_phantom(48, 2.0)
+    nib.save(nib.Nifti1Image(ct.hu, ct.affine), tmp_path / "ct.nii.gz")
+    common = dict(ct=tmp_path / "ct.nii.gz", volume_size=32, render_size=64, size=32, epoch_samples=4, val_samples=2, n_val_anatomies=2,
+                  batch_size=2, epochs=1, progress=False, accelerator="cpu")
+    prior = train(Options(out=tmp_path / "prior", **common))
+    with pytest.raises(ConfigError, match="needs --prior-checkpoint"):
+        train(Options(out=tmp_path / "r0", stage="refine", **common))
+    out = train(Options(out=tmp_path / "refine", stage="refine", prior_checkpoint=prior, lr=1e-3, **common))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["input_size"] == 64 and cfg["model"]["refine"] and cfg["model"]["prior"] == json.loads((prior / "config.json").read_text())["model"]["prior"]
+    assert "val/prior_psnr_image_Tn" in cfg["metrics"] and "val/psnr_image_Tn" in cfg["metrics"]
+    assert [r["checkpoint"] for r in cfg["training"]["lineage"]] == [str(prior), str(out)]
+    assert cfg["training"]["total"]["steps"] == cfg["training"]["lineage"][0]["steps"] + cfg["training"]["global_step"]
+    assert str(prior) in (out / "MODEL_CARD.md").read_text()
+    both, _ = methods.load(out)
+    alone, _ = methods.load(prior)
+    for k, v in alone.prior.state_dict().items():
+        assert torch.equal(v, both.prior.state_dict()[k]), k  # the 3DPN stayed frozen (BatchNorm statistics included)
+    assert any(p.abs().sum() > 0 for p in both.refine.rdn.tail.parameters())  # the zero-initialised residual has learnt
+    d = Decomposer.from_pretrained(out)(torch.rand(70, 90))
+    assert d.bone.shape == (70, 90) and torch.isfinite(d.bone).all()

@@ -6,7 +6,8 @@
   weight ``w`` and suppression weight ``w_s`` are sliders that recompute, in the browser,
   ``enhanced = input + w·bone`` and ``soft tissue = input − w_s·bone`` (display domain, clipped to
   ``[0, 1]``; Bone-extraction paper §2.4, weighted summation) from the input and bone images.
-* ``GET /api/methods``: the methods this server runs and the bundled checkpoints installed.
+* ``GET /api/methods``: the methods this server runs (``views``: whether a method renders novel views) and the
+  bundled checkpoints installed.
 * ``POST /api/decompose?method=bone&w=1&w_s=1``: multipart upload (field ``file``) of a DICOM
   CR/DX, PNG, JPEG or TIFF radiograph → JSON with the URLs of the results. An unusable file,
   unknown method or invalid option → HTTP 400 whose ``detail`` is the
@@ -16,6 +17,11 @@
   ``name`` in ``input, bone, soft_tissue, enhanced``. The bone image is shown through its linear
   display mapping ``(bone − low)/(high − low)``; ``low``/``high`` are in the JSON (``bone_range``)
   so the page can recover ``bone = low + png/255·(high − low)``.
+* ``GET /api/results/{id}/view.png?azimuth=A&elevation=E``: for a result of a method with novel views (XraySyn:
+  :mod:`cxrdecomp.serve.views`), the radiograph seen from ``A``, ``E`` degrees (each within ±18°, the training
+  poses; default 0), 8-bit PNG at the model's view size ``h × h``; the result JSON's ``views`` gives its URL, else
+  ``null``. Another method's result or an angle out of range → 400. The 3DPN prediction of a result is kept in
+  memory (a few results at most, dropped with the result), so each further angle only re-renders it.
 * ``GET /api/results/{id}/files/{file}``: everything :func:`cxrdecomp.batch.write_case` wrote:
   16-bit PNGs, derived DICOM (same study, new series), ``preview.png``, ``decomposition.json``.
 
@@ -38,11 +44,13 @@ from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from cxrdecomp.errors import CxrdecompError, InputError
 from cxrdecomp.methods import default_checkpoint
 from cxrdecomp.serve.models import DecomposerCache, bundled_methods
+from cxrdecomp.serve.views import MAX_ANGLE as VIEW_MAX_ANGLE
+from cxrdecomp.serve.views import VIEW_INPUT, ViewCache, check_angle, checkpoint_has_views, has_views
 
 DISPLAY_NAMES = ("input", "bone", "soft_tissue", "enhanced")
 FILES = "files"  # sub-folder of a result holding write_case's outputs
@@ -65,10 +73,11 @@ class ResultStore:
     making or that was just made; a failed upload (:meth:`discard`) removes nothing else.
     """
 
-    def __init__(self, root: Path, max_count: int = 20, max_pending: int = 8):
+    def __init__(self, root: Path, max_count: int = 20, max_pending: int = 8, on_remove: Callable[[str], None] | None = None):
         self.root = Path(root)
         self.max_count = max(1, int(max_count))
         self.max_pending = max(1, int(max_pending))
+        self.on_remove = on_remove  # called with the id of each result removed (evicted or discarded)
         self._done: OrderedDict[str, None] = OrderedDict()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -99,7 +108,12 @@ class ResultStore:
             while len(self._done) > self.max_count:
                 old.append(self._done.popitem(last=False)[0])
         for o in old:
+            self._removed(o)
             shutil.rmtree(self.root / o, ignore_errors=True)
+
+    def _removed(self, rid: str) -> None:
+        if self.on_remove is not None:
+            self.on_remove(rid)
 
     def get(self, rid: str) -> Path | None:
         """The folder of a finished ``rid`` (marked as recently used), or ``None`` if unknown, unfinished or removed."""
@@ -113,6 +127,7 @@ class ResultStore:
         with self._lock:
             self._pending.discard(rid)
             self._done.pop(rid, None)
+        self._removed(rid)
         shutil.rmtree(self.root / rid, ignore_errors=True)
 
     def __len__(self) -> int:
@@ -150,6 +165,7 @@ def create_app(
     max_results: int = 20,
     max_upload_mb: float = 256,
     max_queue: int = 8,
+    max_views: int = 4,
 ):
     """Build the FastAPI app (module docstring).
 
@@ -162,6 +178,7 @@ def create_app(
         max_results: results kept at most (least recently used removed first; never one in progress).
         max_queue: uploads in progress at most (decomposed one at a time); more are answered 503 with ``Retry-After``.
         max_upload_mb: largest accepted upload.
+        max_views: results whose 3DPN prediction is kept in memory for ``view.png`` (least recently used dropped).
     """
     cache = DecomposerCache(decomposer_factory, bundled_methods() if methods is None else methods)
     best = default_checkpoint()
@@ -169,7 +186,9 @@ def create_app(
     own_root = results_dir is None
     root = Path(tempfile.mkdtemp(prefix="cxrdecomp-serve-")) if own_root else Path(results_dir)
     root.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(root, max_results, max_queue)
+    view_cache = ViewCache(max_views)
+    store = ResultStore(root, max_results, max_queue, on_remove=view_cache.drop)
+    view_methods = {m for m, c in cache.methods.items() if checkpoint_has_views(c)}  # config.json only, no model loaded
     busy = threading.Lock()
     page = (Path(__file__).with_name("index.html")).read_text(encoding="utf-8")
 
@@ -182,6 +201,7 @@ def create_app(
     app = FastAPI(title="cxrdecomp", version=_version(), lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
     app.state.store = store
     app.state.decomposers = cache
+    app.state.views = view_cache
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -193,7 +213,7 @@ def create_app(
 
         return {
             "default": default,
-            "methods": [{"name": m, "checkpoint": c} for m, c in cache.methods.items()],
+            "methods": [{"name": m, "checkpoint": c, "views": m in view_methods} for m, c in cache.methods.items()],
             "pretrained": available_pretrained(),
         }
 
@@ -256,6 +276,15 @@ def create_app(
             _write_png8(folder / f"{name}.png", img)
         shutil.rmtree(path.parent, ignore_errors=True)
         base = f"/api/results/{rid}"
+        views = None
+        if has_views(dec.method):  # keep the model-size input the network saw, for view.png
+            import numpy as np
+            import torch
+
+            x = dec.to_model_size(torch.from_numpy(np.asarray(rg.image, dtype=np.float32))[None, None])
+            np.save(folder / VIEW_INPUT, x[0, 0].cpu().numpy())
+            size = int(dec.model.scene.config.view_size)
+            views = {"url": f"{base}/view.png", "max_angle": VIEW_MAX_ANGLE, "size": [size, size]}
         result = {
             "id": rid,
             "source": file.filename,
@@ -268,6 +297,7 @@ def create_app(
             "images": {name: f"{base}/{name}.png" for name in shows},
             "files": {name: f"{base}/{FILES}/{name}" for name in [*meta["files"], "preview.png", CASE_FILE]},
             "warnings": meta["warnings"],
+            "views": views,
         }
         with atomic_path(folder / RESULT) as tmp:
             Path(tmp).write_text(json.dumps(result))
@@ -279,6 +309,40 @@ def create_app(
         if folder is None or not (folder / RESULT).is_file():
             raise HTTPException(status_code=404, detail=f"no result {rid} (unknown, or removed to make room)")
         return json.loads((folder / RESULT).read_text())
+
+    @app.get("/api/results/{rid}/view.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def result_view(
+        rid: str,
+        azimuth: float = Query(0.0, description=f"rotation about the patient's long axis, degrees within ±{VIEW_MAX_ANGLE:g}"),
+        elevation: float = Query(0.0, description=f"tilt about the left-right axis, degrees within ±{VIEW_MAX_ANGLE:g}"),
+    ):
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from cxrdecomp.io.images import to_uint8
+
+        result = result_json(rid)  # 404 when unknown or removed
+        if not result.get("views"):
+            raise HTTPException(status_code=400, detail=f"result {rid} was decomposed with {result['method']!r}, which has no "
+                                                        f"novel views; they need an XraySyn model (method xraysyn)")
+        try:
+            az, el = check_angle("azimuth", azimuth), check_angle("elevation", elevation)
+        except CxrdecompError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+        folder = store.get(rid)
+        if folder is None or not (folder / VIEW_INPUT).is_file():
+            raise HTTPException(status_code=404, detail=f"no result {rid} (unknown, or removed to make room)")
+        dec = cache(result["method"])
+        with busy:  # one model run at a time, as decompositions
+            img = view_cache.render(rid, dec.model, lambda: np.load(folder / VIEW_INPUT), az, el)
+        if store.get(rid) is None:  # removed meanwhile: keep no prediction for it
+            view_cache.drop(rid)
+        buf = io.BytesIO()
+        Image.fromarray(to_uint8(img)).save(buf, format="PNG", compress_level=1)
+        # a result's views never change (a new upload gets a new id): the browser may keep them while the slider moves
+        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/results/{rid}/{name}.png")
     def result_image(rid: str, name: str):

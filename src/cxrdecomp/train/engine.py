@@ -60,6 +60,9 @@ class MethodModule(L.LightningModule):
     input_size: int = 512
     inference_defaults: dict[str, Any] = {}
     card_summary: str = ""
+    upstream_checkpoints: tuple[str, ...] = ()
+    """Exported checkpoints whose trained weights this module holds frozen (e.g. a first stage); their runs enter the
+    card's compute table and total."""
     max_minutes: float | None = None
     _elapsed_before: float = 0.0
     _t0: float | None = None
@@ -315,6 +318,8 @@ def fit(
                 print(f"starting from the weights of {init_from}", file=sys.stderr)
         else:
             lineage = _lineage(init_config(init_from, module.method), str(init_from))
+    for up in getattr(module, "upstream_checkpoints", ()):  # frozen parts trained by earlier runs (their compute counts too)
+        lineage = _lineage(checkpoint.load_config(up), str(up)) + lineage
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {found}", file=sys.stderr)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)

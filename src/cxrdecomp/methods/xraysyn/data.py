@@ -13,7 +13,8 @@ A sample (global index ``g`` of ``split``) is a pure function of (CT, seed, spli
 
 Item (float32 CPU tensors): ``bp (1, N, N, N)`` (network input), ``hu``, ``mask`` ``(1, N, N, N)``, ``angles (2, 2)``
 (rows T, T′), ``thickness (2, 2, h, h)`` (per view: bone, tissue g/cm²), ``log (2, 1, h, h)`` (per view ``−ln I``),
-``index``.
+``index``; with ``high_res`` also ``thickness_hr (2, 2, H, H)`` and ``log_hr (2, 1, H, H)`` at the render size (the
+2DRN's targets).
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ class XraySynSamples(Dataset):
         max_angle, novel_angle: pose ranges of T and T′ in degrees.
     """
 
-    def __init__(self, bank: DeformationBank, length: int, split: str = "train", max_angle: float = 18.0, novel_angle: float = 18.0) -> None:
-        self.bank, self.length, self.split = bank, int(length), split
+    def __init__(self, bank: DeformationBank, length: int, split: str = "train", max_angle: float = 18.0, novel_angle: float = 18.0,
+                 high_res: bool = False) -> None:
+        self.bank, self.length, self.split, self.high_res = bank, int(length), split, bool(high_res)
         self.max_angle, self.novel_angle = float(max_angle), float(novel_angle)
         self.scene = Scene(bank.config)
 
@@ -117,7 +119,12 @@ class XraySynSamples(Dataset):
         g = int(g)
         hu, mask = self.bank.volume(self.bank.anatomy(g, self.split))
         ang = self.angles(g)
-        r = self.scene.render(hu[None].expand(2, -1, -1, -1, -1), mask[None].expand(2, -1, -1, -1, -1), ang)
-        bp = self.scene.backproject(r["log"][:1], ang[:1])[0]
-        return {"bp": bp, "hu": hu, "mask": mask, "angles": ang, "thickness": r["thickness"], "log": r["log"],
-                "index": torch.tensor(g)}
+        sc = self.scene
+        t_hr = sc.thickness(sc.densities(hu[None].expand(2, -1, -1, -1, -1), mask[None].expand(2, -1, -1, -1, -1)), ang, pool=False)
+        t = F.avg_pool2d(t_hr, sc.pool) if sc.pool > 1 else t_hr  # exactly what Scene.render gives
+        log = sc.radiograph(t)
+        bp = sc.backproject(log[:1], ang[:1])[0]
+        item = {"bp": bp, "hu": hu, "mask": mask, "angles": ang, "thickness": t, "log": log, "index": torch.tensor(g)}
+        if self.high_res:  # the 2DRN's targets: both views at the render size, before pooling
+            item.update(thickness_hr=t_hr, log_hr=sc.radiograph(t_hr))
+        return item

@@ -100,6 +100,90 @@ class PriorModule(MethodModule):
         return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.999))
 
 
+class RefineModule(MethodModule):
+    """LightningModule of the 2DRN (Eq. 11–13) on a frozen, trained 3DPN (first training phase: simulated radiographs).
+
+    Per view v ∈ {T, T′}: ``t_ref = R(t_CT^v, I_in)`` with ``t_CT^v`` the 3DPN's projection at the view size and ``I_in``
+    the input radiograph at the render size, display-style randomised (``(L/5)^γ``); loss
+    ``Σ_v ‖CT2Xray(t_ref)/5 − L_gt^v/5‖₁ + ‖t_ref − t_gt^v‖₁/10`` at the render size. Deviation: the paper's LSGAN
+    term (Eq. 14) belongs to its second phase on real radiographs, not trained here.
+    """
+
+    method = "xraysyn"
+    card_summary = (
+        "XraySyn (Peng et al., AAAI 2021): the 3D prior network (3DPN, Eq. 8–10) and the 2D refinement network (2DRN, "
+        "Eq. 11–13) trained on the deformation bank of a CT rendered by polyenergetic cone-beam CT2Xray. Input: a frontal "
+        "chest radiograph; output: refined bone and tissue thicknesses at any pose, novel views (`cxrdecomp views`) and, "
+        "by reversing CT2Xray (Algorithm 1), a bone-suppressed image."
+    )
+
+    def __init__(self, prior_checkpoint: str, refine: dict, lr: float = 1e-4, style_gamma: float = 0.4):
+        super().__init__()
+        from cxrdecomp import checkpoint
+
+        self.save_hyperparameters()
+        cfg = checkpoint.load_config(prior_checkpoint)
+        if cfg.get("method") != "xraysyn":
+            from cxrdecomp.errors import ConfigError
+
+            raise ConfigError(f"--prior-checkpoint {prior_checkpoint} is a {cfg.get('method')!r} model, not an XraySyn 3DPN")
+        self.model_config = {"prior": cfg["model"]["prior"], "refine": refine, "scene": cfg["model"]["scene"]}
+        self.net = XraySyn(**self.model_config)
+        prior_only = XraySyn(cfg["model"]["prior"], None, cfg["model"]["scene"])
+        checkpoint.load_weights(prior_checkpoint, prior_only)
+        self.net.prior.load_state_dict(prior_only.prior.state_dict())
+        self.net.prior.requires_grad_(False)
+        self.upstream_checkpoints = (str(prior_checkpoint),)
+        self.input_size = int(cfg["model"]["scene"]["render_size"])
+        self.inference_defaults = {"w": 1.0, "w_s": 1.0, "channels_last": False}
+        self.lr, self.style_gamma = lr, float(style_gamma)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.net.prior.eval()  # frozen, BatchNorm statistics included
+        return super().on_train_batch_start(batch, batch_idx)
+
+    def _step(self, batch, style: bool = True):
+        ang, bp = batch["angles"], batch["bp"]
+        with torch.no_grad():
+            pred = self.net.prior(bp)
+            t_ct = [self.net.render(pred, ang[:, v])["thickness"] for v in range(2)]
+        x = (batch["log_hr"][:, 0] / LOG_SCALE).clamp(min=0)
+        if style:
+            g = torch.exp((torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2 - 1) * self.style_gamma)
+            x = x.clamp(min=1e-6) ** g
+        loss, out = 0.0, []
+        for v in range(2):
+            t_ref = self.net.refine(t_ct[v], x)
+            log = self.net.scene.radiograph(t_ref.clamp(min=0))
+            loss = loss + (log - batch["log_hr"][:, v]).abs().mean() / LOG_SCALE
+            loss = loss + (t_ref - batch["thickness_hr"][:, v]).abs().mean() / THICKNESS_SCALE
+            out.append({"log": log, "thickness": t_ref, "prior": t_ct[v]})
+        return loss, out
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["bp"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        import torch.nn.functional as F
+
+        loss, out = self._step(batch, style=False)
+        n = batch["bp"].shape[0]
+        self.log("val/loss", loss, sync_dist=True, batch_size=n)
+        for v, r in enumerate(out):
+            tag = "T" if v == 0 else "Tn"
+            gt = {"log": batch["log_hr"][:, v], "thickness": batch["thickness_hr"][:, v]}
+            for k, val in view_metrics(r, gt).items():
+                self.log(f"val/{k}_{tag}", val.mean(), sync_dist=True, prog_bar=(k == "psnr_image" and v == 1), batch_size=n)
+            up = self.net.refine.upsample(r["prior"])  # the 3DPN alone at the same size: what the 2DRN must beat
+            base = {"log": self.net.scene.radiograph(up), "thickness": up}
+            self.log(f"val/prior_psnr_image_{tag}", view_metrics(base, gt)["psnr_image"].mean(), sync_dist=True, batch_size=n)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.net.refine.parameters(), lr=self.lr, betas=(0.5, 0.9))
+
+
 def calibration_quantiles(ds, n: int = 8) -> tuple[float, float]:
     """Mean attenuation-domain image quantiles (:data:`QUANTILES`) of ``n`` training anatomies at the frontal pose
     (the target range of :func:`~cxrdecomp.methods.xraysyn.scene.calibrate`)."""
@@ -137,10 +221,12 @@ def train(o: Options) -> Path:
         ConfigError: unknown configuration, or a volume size the network cannot take.
         InputError / DataNotFoundError: an unreadable or unusable CT.
     """
-    from cxrdecomp.data.loaders import make_loader
-    from cxrdecomp.data.online import EpochSampler
     from cxrdecomp.errors import ConfigError
 
+    if o.stage not in ("prior", "refine"):
+        raise ConfigError(f"--stage must be prior or refine, not {o.stage!r}")
+    if o.stage == "refine":
+        return _train_refine(o)
     configs = {"small": PriorNet3D.small_config(), "full": PriorNet3D.full_config()}
     if o.config not in configs:
         raise ConfigError(f"--config must be one of {sorted(configs)}, not {o.config!r}")
@@ -151,11 +237,47 @@ def train(o: Options) -> Path:
     torch.manual_seed(int(o.seed))
     train_ds, val_ds, cfg, ct = build_data(o)
     module = PriorModule(prior, cfg.to_json(), lr=o.lr, lambda_ct=o.lambda_ct, lambda_mask=o.lambda_mask, lambda_xray=o.lambda_xray)
-    train_loader = make_loader(train_ds, o.batch_size, shuffle=False, num_workers=o.num_workers, drop_last=True,
-                               sampler=EpochSampler(len(train_ds)))
-    val_loader = make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers, sampler=EpochSampler(len(val_ds), fixed=True))
+    train_loader, val_loader = _loaders(o, train_ds, val_ds)
     name = getattr(ct, "source", "") or "the example CT"
     desc = (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, CT2Xray {cfg.kvp:g} kVp at "
             f"{cfg.render_size}² pooled to {cfg.view_size}², poses ±{o.max_angle:g}° (T) / ±{o.novel_angle:g}° (T′); "
             f"{o.epoch_samples} fresh samples per epoch, validation {o.val_samples} samples of {o.n_val_anatomies} held-out anatomies")
+    return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)
+
+
+def _loaders(o: Options, train_ds, val_ds):
+    from cxrdecomp.data.loaders import make_loader
+    from cxrdecomp.data.online import EpochSampler
+
+    return (make_loader(train_ds, o.batch_size, shuffle=False, num_workers=o.num_workers, drop_last=True, sampler=EpochSampler(len(train_ds))),
+            make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers, sampler=EpochSampler(len(val_ds), fixed=True)))
+
+
+def _train_refine(o: Options) -> Path:
+    """Stage refine: the 2DRN on the frozen 3DPN of ``o.prior_checkpoint``, in that checkpoint's scene."""
+    from cxrdecomp import checkpoint
+    from cxrdecomp.errors import ConfigError
+    from cxrdecomp.io.ct import example_ct, read_ct
+    from cxrdecomp.methods.xraysyn.data import DeformationBank, XraySynSamples
+    from cxrdecomp.methods.xraysyn.network import RefineNet2D
+
+    if o.prior_checkpoint is None:
+        raise ConfigError("--stage refine needs --prior-checkpoint (the exported model of a --stage prior run)")
+    configs = {"small": RefineNet2D.small_config(), "full": RefineNet2D.full_config()}
+    if o.config not in configs:
+        raise ConfigError(f"--config must be one of {sorted(configs)}, not {o.config!r}")
+    refine = {k: (list(v) if isinstance(v, tuple) else v) for k, v in configs[o.config].items()}
+    torch.manual_seed(int(o.seed))
+    module = RefineModule(str(o.prior_checkpoint), refine, lr=o.lr, style_gamma=o.style_gamma)
+    cfg = SceneConfig.from_json(module.model_config["scene"])
+    prior_opts = checkpoint.load_config(o.prior_checkpoint)["training"]["options"]
+    ct_path = o.ct if o.ct is not None else prior_opts.get("ct")
+    ct = read_ct(ct_path, o.labels or prior_opts.get("labels"), o.label_names or prior_opts.get("label_names")) if ct_path else example_ct()
+    bank = DeformationBank(ct, cfg, n_val_anatomies=int(prior_opts.get("n_val_anatomies", o.n_val_anatomies)), seed=int(prior_opts.get("seed", o.seed)))
+    train_ds = XraySynSamples(bank, o.epoch_samples, "train", o.max_angle, o.novel_angle, high_res=True)
+    val_ds = XraySynSamples(bank, o.val_samples, "val", o.max_angle, o.novel_angle, high_res=True)
+    train_loader, val_loader = _loaders(o, train_ds, val_ds)
+    desc = (f"the frozen 3DPN {o.prior_checkpoint} on the deformation bank of {getattr(ct, 'source', '') or 'the example CT'} "
+            f"(its held-out anatomies for validation); 2DRN {cfg.view_size}² → {cfg.render_size}², poses ±{o.max_angle:g}° / "
+            f"±{o.novel_angle:g}°, display style γ = exp(±{o.style_gamma:g}); {o.epoch_samples} fresh samples per epoch")
     return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)

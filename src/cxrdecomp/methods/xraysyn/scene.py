@@ -10,7 +10,7 @@ Everything the XraySyn method needs between a volume and a radiograph, in one pl
 * **C-arm**: a cone beam of ``sdd_mm`` with the isocentre ``sod_mm`` from the source, a square detector of
   ``render_size²`` pixels covering the cube's shadow; poses ``T = (azimuth, elevation)`` in degrees
   (:meth:`cxrdecomp.projector.geometry.Pose.from_angles`; paper §3.1: ±18°).
-* **CT2Xray** (Eq. 2–6): thicknesses ``t = FP(ρ_m, T)`` (g/cm², the differentiable projector), polyenergetic
+* **CT2Xray** (Eq. 3–6): thicknesses ``t = FP(ρ_m, T)`` (g/cm², the differentiable projector), polyenergetic
   transmitted fraction ``I = Σ_E w_E exp(−Σ_m µ/ρ(m, E)·t_m)`` of a ``kvp`` tube spectrum, and the
   attenuation-domain radiograph ``L = −ln I``; images are average-pooled from ``render_size²`` to
   ``view_size²`` (supersampling). The network sees ``L / LOG_SCALE`` ("display" of this scene).
@@ -117,9 +117,10 @@ class Scene:
         rho = hu_to_density(hu)
         return torch.cat([mask * rho, (1.0 - mask) * rho], 1)
 
-    def thickness(self, densities: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    def thickness(self, densities: torch.Tensor, angles: torch.Tensor, pool: bool = True) -> torch.Tensor:
         """Material mass thicknesses ``(B, 2, view, view)`` g/cm² (bone, tissue) of ``(B, 2, N³)`` densities seen
-        from ``(B, 2)`` angles (Eq. 1 and 3; rendered at ``render_size`` and average-pooled)."""
+        from ``(B, 2)`` angles (Eq. 1 and 3; rendered at ``render_size`` and average-pooled; ``pool=False``: at
+        ``render_size``, the 2DRN's resolution)."""
         if densities.ndim != 5 or densities.shape[1] != 2:
             raise InputError(f"densities must be (B, 2, N, N, N), got {tuple(densities.shape)}")
         angles = torch.as_tensor(angles, dtype=densities.dtype, device=densities.device).reshape(-1, 2)
@@ -130,7 +131,7 @@ class Scene:
                                 method="joseph")
             out.append(t)
         t = torch.cat(out)
-        return F.avg_pool2d(t, self.pool) if self.pool > 1 else t
+        return F.avg_pool2d(t, self.pool) if pool and self.pool > 1 else t
 
     def radiograph(self, thickness: torch.Tensor) -> torch.Tensor:
         """Attenuation-domain radiograph ``L = −ln I`` ``(B, 1, H, W)`` of bone/tissue thicknesses ``(B, 2, H, W)``
@@ -138,9 +139,10 @@ class Scene:
         t3 = torch.cat([thickness, torch.zeros_like(thickness[:, :1])], 1)  # (bone, soft tissue, lung = 0)
         return log_image(polyenergetic_intensity(t3, self.spectrum))
 
-    def render(self, hu: torch.Tensor, mask: torch.Tensor, angles: torch.Tensor) -> dict[str, torch.Tensor]:
-        """CT2Xray of a volume at poses: ``{"thickness": (B, 2, h, w), "log": (B, 1, h, w)}`` (differentiable)."""
-        t = self.thickness(self.densities(hu, mask), angles)
+    def render(self, hu: torch.Tensor, mask: torch.Tensor, angles: torch.Tensor, pool: bool = True) -> dict[str, torch.Tensor]:
+        """CT2Xray of a volume at poses: ``{"thickness": (B, 2, h, w), "log": (B, 1, h, w)}`` (differentiable; ``h`` the
+        view size, or the render size with ``pool=False``)."""
+        t = self.thickness(self.densities(hu, mask), angles, pool)
         return {"thickness": t, "log": self.radiograph(t)}
 
     # ------------------------------------------------------------------ BP
