@@ -47,16 +47,25 @@ XRAYSYN_TINY = {
 }
 
 
-def tiny_xraysyn(folder, seed=0):
-    """Save a tiny random XraySyn checkpoint (16³ volume, 16² views) to ``folder``; returns the folder."""
+XRAYSYN_TINY_REFINE = {"features": 4, "growth": 4, "n_blocks": 1, "n_layers": 1, "generator_channels": [4]}
+
+
+def tiny_xraysyn(folder, seed=0, refine=False):
+    """Save a tiny random XraySyn checkpoint (16³ volume, 16² views; with ``refine`` a 2DRN to 32², whose zero-initialised
+    residual is made non-zero) to ``folder``; returns the folder."""
     import torch
 
     from cxrdecomp import checkpoint
     from cxrdecomp.methods.xraysyn.network import XraySyn
 
     torch.manual_seed(seed)
-    cfg = {"method": "xraysyn", "model": XRAYSYN_TINY, "input_size": 16, "inference": {"w": 1.0, "w_s": 1.0, "channels_last": False}}
-    return checkpoint.save(folder, XraySyn(**XRAYSYN_TINY), cfg, "tiny random XraySyn test model")
+    model = {**XRAYSYN_TINY, "refine": XRAYSYN_TINY_REFINE if refine else None}
+    net = XraySyn(**model)
+    if refine:
+        torch.nn.init.normal_(net.refine.rdn.tail.weight, std=0.05)
+    cfg = {"method": "xraysyn", "model": model, "input_size": 32 if refine else 16,
+           "inference": {"w": 1.0, "w_s": 1.0, "channels_last": False}}
+    return checkpoint.save(folder, net, cfg, "tiny random XraySyn test model")
 
 
 def ramp_png(shape=(72, 80)) -> bytes:

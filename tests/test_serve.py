@@ -211,14 +211,16 @@ def test_ct_upload_400_names_the_file(client):
 
 
 @pytest.fixture(scope="module")
-def tiny_xraysyn_ckpt(tmp_path_factory):
-    return tiny_xraysyn(tmp_path_factory.mktemp("ckpt") / "xraysyn")
+def tiny_xraysyn_ckpts(tmp_path_factory):
+    """Tiny random XraySyn checkpoints: the 3DPN alone (False) and with a 2DRN (True)."""
+    return {r: tiny_xraysyn(tmp_path_factory.mktemp("ckpt") / f"xraysyn_{r}", refine=r) for r in (False, True)}
 
 
 @pytest.fixture()
-def views_client(tiny_ckpt, tiny_xraysyn_ckpt, tmp_path):
-    """A server with a bone U-Net ("bone") and an XraySyn model ("xraysyn"); ``prior_runs`` counts the 3DPN's runs."""
-    ckpts = {"bone": str(tiny_ckpt), "xraysyn": str(tiny_xraysyn_ckpt)}
+def views_client(request, tiny_ckpt, tiny_xraysyn_ckpts, tmp_path):
+    """A server with a bone U-Net ("bone") and an XraySyn model ("xraysyn"; with a 2DRN when the test parametrizes
+    this fixture with True); ``prior_runs`` counts the 3DPN's runs."""
+    ckpts = {"bone": str(tiny_ckpt), "xraysyn": str(tiny_xraysyn_ckpts[getattr(request, "param", False)])}
     runs = []
 
     def factory(method):
@@ -239,7 +241,8 @@ def _upload(client, method: str) -> dict:
     return r.json()
 
 
-def test_xraysyn_result_view_png_at_two_angles(views_client, tmp_path):
+@pytest.mark.parametrize("views_client, size", [(False, 16), (True, 32)], indirect=["views_client"], ids=["3dpn", "3dpn+2drn"])
+def test_xraysyn_result_view_png_at_two_angles(views_client, size, tmp_path):
     from cxrdecomp.io.images import to_uint8
     from cxrdecomp.io.radiograph import read_radiograph
     from cxrdecomp.methods.xraysyn.predict import views
@@ -247,7 +250,7 @@ def test_xraysyn_result_view_png_at_two_angles(views_client, tmp_path):
     c = views_client
     assert {m["name"]: m["views"] for m in c.get("/api/methods").json()["methods"]} == {"bone": False, "xraysyn": True}
     j = _upload(c, "xraysyn")
-    assert j["views"] == {"url": f"/api/results/{j['id']}/view.png", "max_angle": 18.0, "size": [16, 16]}
+    assert j["views"] == {"url": f"/api/results/{j['id']}/view.png", "max_angle": 18.0, "size": [size, size]}
     assert len(c.prior_runs) == 1  # the decomposition
     got = {}
     for az in (-9, 9, -9):
@@ -257,7 +260,7 @@ def test_xraysyn_result_view_png_at_two_angles(views_client, tmp_path):
     assert got[-9][0] == got[-9][1] and got[-9][0] != got[9][0]
     assert len(c.prior_runs) == 2  # one 3DPN run for all the views: each angle only re-renders its prediction
     shown = {az: np.asarray(Image.open(io.BytesIO(b[0]))) for az, b in got.items()}
-    assert all(a.shape == (16, 16) and a.dtype == np.uint8 and a.std() > 1 for a in shown.values())
+    assert all(a.shape == (size, size) and a.dtype == np.uint8 and a.std() > 1 for a in shown.values())
     # the same images as the views of the method's own function on the input the network saw
     (tmp_path / "ramp.png").write_bytes(ramp_png())
     dec = c.app.state.decomposers("xraysyn")

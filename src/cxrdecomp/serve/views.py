@@ -1,11 +1,11 @@
 """Novel views in the web viewer: XraySyn's 3D prior of a result, kept in memory, rendered at any angle.
 
 A result decomposed with an XraySyn model (Peng et al., AAAI 2021) stores the model-size input ``x`` that the
-network saw (``view_input.npy``). The first view asked for runs, as
-:func:`cxrdecomp.methods.xraysyn.predict.views` does, the calibration ``L = a·x + b``
+network saw (``view_input.npy``). The first view asked for runs, with the pieces of
+:func:`cxrdecomp.methods.xraysyn.predict.views`, the calibration ``L = a·x + b``
 (:func:`~cxrdecomp.methods.xraysyn.scene.calibrate`) and the 3DPN at the frontal pose; :class:`ViewCache` keeps that
-prediction, so that each further angle only re-renders it (CT2Xray, ``model.render``) and maps the rendering back to
-the display domain, ``((L_view − b) / a)`` clipped to ``[0, 1]``.
+prediction, so that each further angle only re-renders it (CT2Xray, then the 2DRN when the model has one:
+``predict.thickness``) and maps the rendering back to the display domain, ``((L_view − b) / a)`` clipped to ``[0, 1]``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def check_angle(name: str, value: float) -> float:
 
 
 class ViewCache:
-    """Result id → the 3DPN prediction of its input and its calibration ``(a, b)``; at most ``max_count`` kept (least
+    """Result id → its model-size input, calibration ``(a, b)`` and the 3DPN prediction; at most ``max_count`` kept (least
     recently used dropped first). The web viewer also drops a result's entry when its result store removes the result
     (:meth:`drop`).
 
@@ -70,7 +70,7 @@ class ViewCache:
 
     def __init__(self, max_count: int = 4):
         self.max_count = max(1, int(max_count))
-        self._preds: OrderedDict[str, tuple[dict, object, object]] = OrderedDict()
+        self._preds: OrderedDict[str, tuple] = OrderedDict()  # rid → (x, a, b, 3DPN prediction)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -87,8 +87,7 @@ class ViewCache:
     def _prediction(self, rid: str, model, load_input: Callable[[], np.ndarray]):
         import torch
 
-        from cxrdecomp.methods.xraysyn.predict import frontal
-        from cxrdecomp.methods.xraysyn.scene import calibrate
+        from cxrdecomp.methods.xraysyn.predict import calibrated_prior  # the method's own calibration + 3DPN step of views()
 
         with self._lock:
             if rid in self._preds:
@@ -96,8 +95,8 @@ class ViewCache:
                 return self._preds[rid]
         device = next(model.parameters()).device
         x = torch.from_numpy(np.asarray(load_input(), dtype=np.float32))[None, None].to(device)
-        a, b = calibrate(x, model.scene.config)
-        entry = (model(a * x + b, frontal(x)), a, b)
+        a, b, pred = calibrated_prior(model, x)
+        entry = (x, a, b, pred)
         with self._lock:
             self._preds[rid] = entry
             self._preds.move_to_end(rid)
@@ -106,7 +105,8 @@ class ViewCache:
         return entry
 
     def render(self, rid: str, model, load_input: Callable[[], np.ndarray], azimuth: float, elevation: float = 0.0) -> np.ndarray:
-        """The view of result ``rid`` at ``(azimuth, elevation)`` degrees: ``(h, h)`` float32, display domain ``[0, 1]``.
+        """The view of result ``rid`` at ``(azimuth, elevation)`` degrees: ``(h, h)`` float32 at the model's input size,
+        display domain ``[0, 1]``.
 
         Args:
             model: the result's :class:`~cxrdecomp.methods.xraysyn.network.XraySyn` model (eval mode).
@@ -114,8 +114,10 @@ class ViewCache:
         """
         import torch
 
+        from cxrdecomp.methods.xraysyn.predict import thickness
+
         with torch.inference_mode():
-            pred, a, b = self._prediction(rid, model, load_input)
-            angles = a.new_tensor([[float(azimuth), float(elevation)]])
-            log = model.render(pred, angles)["log"]
+            x, a, b, pred = self._prediction(rid, model, load_input)
+            t = thickness(model, x, pred, a.new_tensor([[float(azimuth), float(elevation)]]))
+            log = model.scene.radiograph(t)
             return ((log[0, 0] - b[0, 0]) / a[0, 0]).clamp(0, 1).float().cpu().numpy()

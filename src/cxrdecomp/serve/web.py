@@ -19,7 +19,7 @@
   so the page can recover ``bone = low + png/255·(high − low)``.
 * ``GET /api/results/{id}/view.png?azimuth=A&elevation=E``: for a result of a method with novel views (XraySyn:
   :mod:`cxrdecomp.serve.views`), the radiograph seen from ``A``, ``E`` degrees (each within ±18°, the training
-  poses; default 0), 8-bit PNG at the model's view size ``h × h``; the result JSON's ``views`` gives its URL, else
+  poses; default 0), 8-bit PNG at the model's input size ``h × h``; the result JSON's ``views`` gives its URL, else
   ``null``. Another method's result or an angle out of range → 400. The 3DPN prediction of a result is kept in
   memory (a few results at most, dropped with the result), so each further angle only re-renders it.
 * ``GET /api/results/{id}/files/{file}``: everything :func:`cxrdecomp.batch.write_case` wrote:
@@ -283,8 +283,7 @@ def create_app(
 
             x = dec.to_model_size(torch.from_numpy(np.asarray(rg.image, dtype=np.float32))[None, None])
             np.save(folder / VIEW_INPUT, x[0, 0].cpu().numpy())
-            size = int(dec.model.scene.config.view_size)
-            views = {"url": f"{base}/view.png", "max_angle": VIEW_MAX_ANGLE, "size": [size, size]}
+            views = {"url": f"{base}/view.png", "max_angle": VIEW_MAX_ANGLE, "size": [dec.size, dec.size]}
         result = {
             "id": rid,
             "source": file.filename,

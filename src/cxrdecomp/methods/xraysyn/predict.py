@@ -27,7 +27,7 @@ def frontal(x: torch.Tensor) -> torch.Tensor:
     return x.new_zeros(x.shape[0], 2)
 
 
-def _prior(model, x: torch.Tensor):
+def calibrated_prior(model, x: torch.Tensor):
     """Calibration ``(a, b)`` of ``x`` and the 3DPN's prediction from it (``x`` at the model's input size: the view
     size, or the render size when the model has a 2DRN; the 3DPN sees it average-pooled to the view size)."""
     a, b = calibrate(x, model.scene.config)
@@ -50,7 +50,7 @@ def predict(model, x: torch.Tensor, options: dict) -> dict[str, torch.Tensor]:
 
     Returns ``{"soft_tissue", "bone"}``, each ``(B, 1, h, h)``, with ``x = soft_tissue + bone``.
     """
-    a, b, pred = _prior(model, x)
+    a, b, pred = calibrated_prior(model, x)
     t = torch.cat([thickness(model, x[i : i + 1], {k: v[i : i + 1] for k, v in pred.items()}, frontal(x[:1])) for i in range(x.shape[0])])
     log = a * x + b
     rev = reverse_ct2xray(torch.exp(-log), t[:, :1], t[:, 1:2], model.scene.spectrum)
@@ -65,7 +65,7 @@ def views(model, x: torch.Tensor, angles: torch.Tensor) -> dict[str, torch.Tenso
     Returns ``{"image": (B, V, h, h)`` display domain (the input's calibration inverted, clipped to [0, 1]),
     ``"bone": (B, V, h, h)`` bone thickness g/cm², ``"tissue"`` likewise``}``.
     """
-    a, b, pred = _prior(model, x)
+    a, b, pred = calibrated_prior(model, x)
     angles = torch.as_tensor(angles, dtype=x.dtype, device=x.device).reshape(-1, 2)
     imgs, bones, tissues = [], [], []
     for i in range(x.shape[0]):
