@@ -1,7 +1,7 @@
 """The bundled checkpoints load by name and score what their model cards and docs/results.md say.
 
 bse-jsrt/val at the truth's resolution (1024²), display domain (docs/results.md, README "How good are the
-bundled models?"): BSR bone −0.292 (it removes the bone BSE-JSRT keeps; lung-field BSR 0.541), dae 0.372, bsdiff
+bundled models?"): BSR bone 0.088 (it removes the bone BSE-JSRT keeps; lung-field BSR 0.588), dae 0.372, bsdiff
 0.697 (DDIM 20 steps); identity 0.
 """
 
@@ -17,7 +17,7 @@ from cxrdecomp.data.pairs import default_bse_jsrt
 from cxrdecomp.decomposer import Decomposer
 
 VAL = default_bse_jsrt() / "val"
-CARD_BSR = {"bone": -0.292, "dae": 0.372, "bsdiff": 0.697}
+CARD_BSR = {"bone": 0.088, "dae": 0.372, "bsdiff": 0.697}
 
 needs_pairs = pytest.mark.skipif(not (VAL / "cxr").is_dir(), reason=f"real pairs not found at {VAL} (../shared/data/bse-jsrt)")
 
