@@ -138,6 +138,11 @@ class RefineModule(MethodModule):
         self.inference_defaults = {"w": 1.0, "w_s": 1.0, "channels_last": False}
         self.lr, self.style_gamma = lr, float(style_gamma)
 
+    def export_config(self, metrics, training):
+        cfg = super().export_config(metrics, training)
+        cfg["dtype"] = "float16"  # 3DPN-S + 2DRN-S: 5.0 M parameters, 10 MB instead of 20
+        return cfg
+
     def on_train_batch_start(self, batch, batch_idx):
         self.net.prior.eval()  # frozen, BatchNorm statistics included
         return super().on_train_batch_start(batch, batch_idx)
