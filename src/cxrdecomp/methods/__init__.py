@@ -74,7 +74,7 @@ METHODS: dict[str, MethodSpec] = {
         # "ae": the plain-autoencoder ablation of the DAE paper (same network, trained without the bone branch)
         _spec("dae", "disentanglement autoencoder for bone suppression (DAE, §2.1)", "dae", ("ae",)),
         _spec("bsdiff", "BS-Diff: conditional diffusion + enhancement autoencoder (Chen et al., ISBI 2024)", "bsdiff"),
-        _spec("xraysyn", "XraySyn: 3D prior from one radiograph, novel views, bone suppression by reverse CT2Xray (Peng et al., AAAI 2021)", None),
+        _spec("xraysyn", "XraySyn: 3D prior from one radiograph, novel views, bone suppression by reverse CT2Xray (Peng et al., AAAI 2021)", "xraysyn"),
     )
 }
 
