@@ -251,7 +251,7 @@ def train(o: Options) -> Path:
     train_ds, val_ds, cfg, ct = build_data(o)
     module = PriorModule(prior, cfg.to_json(), lr=o.lr, lambda_ct=o.lambda_ct, lambda_mask=o.lambda_mask, lambda_xray=o.lambda_xray)
     train_loader, val_loader = _loaders(o, train_ds, val_ds)
-    name = getattr(ct, "source", "") or "the example CT"
+    name = "the example CT" if o.ct is None else (getattr(ct, "source", "") or str(o.ct))
     desc = (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, CT2Xray {cfg.kvp:g} kVp at "
             f"{cfg.render_size}² pooled to {cfg.view_size}², poses ±{o.max_angle:g}° (T) / ±{o.novel_angle:g}° (T′); "
             f"{o.epoch_samples} fresh samples per epoch, validation {o.val_samples} samples of {o.n_val_anatomies} held-out anatomies")
@@ -290,7 +290,7 @@ def _train_refine(o: Options) -> Path:
     train_ds = XraySynSamples(bank, o.epoch_samples, "train", o.max_angle, o.novel_angle, high_res=True)
     val_ds = XraySynSamples(bank, o.val_samples, "val", o.max_angle, o.novel_angle, high_res=True)
     train_loader, val_loader = _loaders(o, train_ds, val_ds)
-    desc = (f"the frozen 3DPN {o.prior_checkpoint} on the deformation bank of {getattr(ct, 'source', '') or 'the example CT'} "
+    desc = (f"the frozen 3DPN {o.prior_checkpoint} on the deformation bank of {'the example CT' if ct_path is None else ct_path} "
             f"(its held-out anatomies for validation); 2DRN {cfg.view_size}² → {cfg.render_size}², poses ±{o.max_angle:g}° / "
             f"±{o.novel_angle:g}°, display style γ = exp(±{o.style_gamma:g}); {o.epoch_samples} fresh samples per epoch")
     return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)
