@@ -107,6 +107,7 @@ def main(argv=None) -> int:
         from PIL import Image
 
         from cxrdecomp.methods.xraysyn.predict import calibrated_prior, thickness
+        from cxrdecomp.methods.xraysyn.scene import uncalibrate
         from cxrdecomp import metrics
 
         folder = a.real / "cxr" if (a.real / "cxr").is_dir() else a.real
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
                 x = torch.nn.functional.interpolate(img, size=(h, h), mode="area")
                 ca, cb, pred = calibrated_prior(model, x)
                 t = thickness(model, x, pred, torch.zeros(1, 2))  # through the 2DRN when the model has one
-                rec = ((model.scene.radiograph(t) - cb) / ca).clamp(0, 1)
+                rec = uncalibrate(model.scene.radiograph(t), ca, cb).clamp(0, 1)
                 m = metrics.image_metrics(rec, x, data_range=1.0, with_ms_ssim=False)
                 ps.append(float(m["psnr"]))
                 ss.append(float(m["ssim"]))

@@ -11,8 +11,8 @@ import torch
 from _phantoms import chest_phantom
 from cxrdecomp.methods.xraysyn.losses import PriorWeights, prior_loss, xray_loss
 from cxrdecomp.methods.xraysyn.network import XraySyn
-from cxrdecomp.methods.xraysyn.scene import Scene, SceneConfig, calibrate, hu_from_density
-from cxrdecomp.physics.materials import hu_to_density
+from cxrdecomp.methods.xraysyn.scene import Scene, SceneConfig, calibrate
+from cxrdecomp.physics.materials import hu_from_density, hu_to_density
 
 SMALL_PRIOR = {"levels": 2, "channels": [4, 8]}
 

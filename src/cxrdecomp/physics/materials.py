@@ -60,6 +60,12 @@ def hu_to_density(hu):
     return np.maximum(np.minimum(0.001029 * hu + 1.030, 0.0005886 * hu + 1.030), 0).astype(np.float32)
 
 
+
+def hu_from_density(rho: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`hu_to_density` on ``ρ ≥ 0`` (g/cm³ → HU, exact for ρ > 0; floored at −1000 HU)."""
+    d = rho - 1.030
+    return torch.where(d < 0, d / 0.001029, d / 0.0005886).clamp(min=-1000.0)
+
 @lru_cache(maxsize=256)
 def _mu_rho(name: str, energies: tuple[float, ...]) -> np.ndarray:
     import xraylib

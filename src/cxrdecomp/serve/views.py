@@ -115,9 +115,10 @@ class ViewCache:
         import torch
 
         from cxrdecomp.methods.xraysyn.predict import thickness
+        from cxrdecomp.methods.xraysyn.scene import uncalibrate
 
         with torch.inference_mode():
             x, a, b, pred = self._prediction(rid, model, load_input)
             t = thickness(model, x, pred, a.new_tensor([[float(azimuth), float(elevation)]]))
             log = model.scene.radiograph(t)
-            return ((log[0, 0] - b[0, 0]) / a[0, 0]).clamp(0, 1).float().cpu().numpy()
+            return uncalibrate(log[0, 0], a[0, 0], b[0, 0]).clamp(0, 1).float().cpu().numpy()

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from cxrdecomp.methods.xraysyn.scene import Scene, SceneConfig, hu_from_density
+from cxrdecomp.methods.xraysyn.scene import Scene, SceneConfig
+from cxrdecomp.physics.materials import hu_from_density
 from cxrdecomp.simulate import anatomy as A
 
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -119,12 +120,6 @@ class XraySynSamples(Dataset):
         g = int(g)
         hu, mask = self.bank.volume(self.bank.anatomy(g, self.split))
         ang = self.angles(g)
-        sc = self.scene
-        t_hr = sc.thickness(sc.densities(hu[None].expand(2, -1, -1, -1, -1), mask[None].expand(2, -1, -1, -1, -1)), ang, pool=False)
-        t = F.avg_pool2d(t_hr, sc.pool) if sc.pool > 1 else t_hr  # exactly what Scene.render gives
-        log = sc.radiograph(t)
-        bp = sc.backproject(log[:1], ang[:1])[0]
-        item = {"bp": bp, "hu": hu, "mask": mask, "angles": ang, "thickness": t, "log": log, "index": torch.tensor(g)}
-        if self.high_res:  # the 2DRN's targets: both views at the render size, before pooling
-            item.update(thickness_hr=t_hr, log_hr=sc.radiograph(t_hr))
-        return item
+        r = self.scene.render(hu[None].expand(2, -1, -1, -1, -1), mask[None].expand(2, -1, -1, -1, -1), ang, high_res=self.high_res)
+        bp = self.scene.backproject(r["log"][:1], ang[:1])[0]
+        return {"bp": bp, "hu": hu, "mask": mask, "angles": ang, **r, "index": torch.tensor(g)}

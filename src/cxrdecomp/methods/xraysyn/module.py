@@ -10,6 +10,7 @@ data range 1); ``scripts/xraysyn_eval.py`` scores the bundled model beside the b
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from cxrdecomp import metrics
 from cxrdecomp.methods.xraysyn.losses import PriorWeights, prior_loss, xray_loss
 from cxrdecomp.methods.xraysyn.network import PriorNet3D, XraySyn
 from cxrdecomp.methods.xraysyn.options import Options
-from cxrdecomp.methods.xraysyn.scene import LOG_SCALE, QUANTILES, SceneConfig
+from cxrdecomp.methods.xraysyn.scene import LOG_SCALE, QUANTILES, Scene, SceneConfig
 from cxrdecomp.train import MethodModule, fit
 from cxrdecomp.train.schedules import warmup_cosine
 
@@ -197,13 +198,15 @@ class RefineModule(MethodModule):
         return _cosine(self, torch.optim.Adam(self.net.refine.parameters(), lr=self.lr, betas=(0.5, 0.9)))
 
 
-def calibration_quantiles(ds, n: int = 8) -> tuple[float, float]:
-    """Mean attenuation-domain image quantiles (:data:`QUANTILES`) of ``n`` training anatomies at the frontal pose
-    (the target range of :func:`~cxrdecomp.methods.xraysyn.scene.calibrate`)."""
+def calibration_quantiles(bank, n: int = 8) -> tuple[float, float]:
+    """Mean attenuation-domain image quantiles (:data:`QUANTILES`) of ``n`` training anatomies of a
+    :class:`~cxrdecomp.methods.xraysyn.data.DeformationBank` at the frontal pose (the target range of
+    :func:`~cxrdecomp.methods.xraysyn.scene.calibrate`)."""
+    scene = Scene(bank.config)
     qs = []
     for i in range(n):
-        hu, mask = ds.bank.volume(ds.bank.anatomy(i * ds.bank.sim.anatomy_reuse, "train"))
-        log = ds.scene.render(hu[None], mask[None], torch.zeros(1, 2))["log"]
+        hu, mask = bank.volume(bank.anatomy(i * bank.sim.anatomy_reuse, "train"))
+        log = scene.render(hu[None], mask[None], torch.zeros(1, 2))["log"]
         qs.append(torch.quantile(log.flatten(), torch.tensor(QUANTILES)))
     q = torch.stack(qs).mean(0)
     return float(f"{float(q[0]):.4g}"), float(f"{float(q[1]):.4g}")
@@ -219,9 +222,7 @@ def build_data(o: Options):
     check_ct(ct)
     cfg = SceneConfig(volume_size=int(o.volume_size), cube_mm=fit_cube(ct), render_size=int(o.render_size), view_size=int(o.size))
     bank = DeformationBank(ct, cfg, n_val_anatomies=o.n_val_anatomies, seed=int(o.seed))
-    train_ds = XraySynSamples(bank, o.epoch_samples, "train", o.max_angle, o.novel_angle)
-    cfg = SceneConfig(**{**cfg.__dict__, "calibration": calibration_quantiles(train_ds)})
-    bank.config = cfg
+    cfg = bank.config = dataclasses.replace(cfg, calibration=calibration_quantiles(bank))
     train_ds = XraySynSamples(bank, o.epoch_samples, "train", o.max_angle, o.novel_angle)
     val_ds = XraySynSamples(bank, o.val_samples, "val", o.max_angle, o.novel_angle)
     return train_ds, val_ds, cfg, ct

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cxrdecomp.methods.xraysyn.scene import calibrate
+from cxrdecomp.methods.xraysyn.scene import calibrate, uncalibrate
 from cxrdecomp.simulate.ct2xray import log_image, reverse_ct2xray
 
 
@@ -54,7 +54,7 @@ def predict(model, x: torch.Tensor, options: dict) -> dict[str, torch.Tensor]:
     t = torch.cat([thickness(model, x[i : i + 1], {k: v[i : i + 1] for k, v in pred.items()}, frontal(x[:1])) for i in range(x.shape[0])])
     log = a * x + b
     rev = reverse_ct2xray(torch.exp(-log), t[:, :1], t[:, 1:2], model.scene.spectrum)
-    soft = (log_image(rev["bone_suppressed"]) - b) / a
+    soft = uncalibrate(log_image(rev["bone_suppressed"]), a, b)
     return {"soft_tissue": soft, "bone": x - soft}
 
 
@@ -71,7 +71,7 @@ def views(model, x: torch.Tensor, angles: torch.Tensor) -> dict[str, torch.Tenso
     for i in range(x.shape[0]):
         one = {k: v[i : i + 1].expand(len(angles), *v.shape[1:]) for k, v in pred.items()}
         t = thickness(model, x[i : i + 1], one, angles)
-        imgs.append(((model.scene.radiograph(t)[:, 0] - b[i, 0]) / a[i, 0]).clamp(0, 1))
+        imgs.append(uncalibrate(model.scene.radiograph(t)[:, 0], a[i, 0], b[i, 0]).clamp(0, 1))
         bones.append(t[:, 0])
         tissues.append(t[:, 1])
     return {"image": torch.stack(imgs), "bone": torch.stack(bones), "tissue": torch.stack(tissues)}

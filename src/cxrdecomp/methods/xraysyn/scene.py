@@ -41,12 +41,6 @@ QUANTILES = (0.02, 0.98)
 """Body quantiles that :func:`calibrate` matches between a real radiograph and the training renderings."""
 
 
-def hu_from_density(rho: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`~cxrdecomp.physics.materials.hu_to_density` on ``ρ ≥ 0`` (g/cm³ → HU, exact for ρ > 0)."""
-    d = rho - 1.030
-    return torch.where(d < 0, d / 0.001029, d / 0.0005886).clamp(min=-1000.0)
-
-
 @dataclass(frozen=True)
 class SceneConfig:
     """Geometry and physics of the XraySyn scene (module docstring). Stored in ``config.json["model"]["scene"]``.
@@ -139,11 +133,16 @@ class Scene:
         t3 = torch.cat([thickness, torch.zeros_like(thickness[:, :1])], 1)  # (bone, soft tissue, lung = 0)
         return log_image(polyenergetic_intensity(t3, self.spectrum))
 
-    def render(self, hu: torch.Tensor, mask: torch.Tensor, angles: torch.Tensor, pool: bool = True) -> dict[str, torch.Tensor]:
-        """CT2Xray of a volume at poses: ``{"thickness": (B, 2, h, w), "log": (B, 1, h, w)}`` (differentiable; ``h`` the
-        view size, or the render size with ``pool=False``)."""
-        t = self.thickness(self.densities(hu, mask), angles, pool)
-        return {"thickness": t, "log": self.radiograph(t)}
+    def render(self, hu: torch.Tensor, mask: torch.Tensor, angles: torch.Tensor, high_res: bool = False) -> dict[str, torch.Tensor]:
+        """CT2Xray of a volume at poses: ``{"thickness": (B, 2, h, h), "log": (B, 1, h, h)}`` at the view size
+        (differentiable); ``high_res`` adds ``thickness_hr`` and ``log_hr`` at the render size (the 2DRN's targets), from
+        the same projection."""
+        t_hr = self.thickness(self.densities(hu, mask), angles, pool=False)
+        t = F.avg_pool2d(t_hr, self.pool) if self.pool > 1 else t_hr
+        out = {"thickness": t, "log": self.radiograph(t)}
+        if high_res:
+            out.update(thickness_hr=t_hr, log_hr=self.radiograph(t_hr))
+        return out
 
     # ------------------------------------------------------------------ BP
     def backproject(self, log: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -179,3 +178,8 @@ def calibrate(x: torch.Tensor, config: SceneConfig, body: torch.Tensor | None = 
     a = (hi_t - lo_t) / (q[:, 1] - q[:, 0]).clamp(min=1e-3)
     b = lo_t - a * q[:, 0]
     return a.view(-1, 1, 1, 1), b.view(-1, 1, 1, 1)
+
+
+def uncalibrate(log: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Back from attenuation to the input's display domain: ``x = (L − b) / a``, the inverse of :func:`calibrate`'s map."""
+    return (log - b) / a
