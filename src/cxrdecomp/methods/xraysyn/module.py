@@ -198,6 +198,58 @@ class RefineModule(MethodModule):
         return _cosine(self, torch.optim.Adam(self.net.refine.parameters(), lr=self.lr, betas=(0.5, 0.9)))
 
 
+class Refiner2DModule(MethodModule):
+    """LightningModule of the paper's 2D Refiner baseline (:class:`~cxrdecomp.methods.xraysyn.network.Refiner2D`).
+
+    Same samples, poses and optimiser as the 3DPN; loss at T′ only (the baseline has no volume):
+    ``‖L̂/5 − L_gt/5‖₁ + ‖t̂ − t_gt‖₁/10`` with ``t`` the bone and tissue thicknesses at the view size.
+    """
+
+    method = "xraysyn"
+    card_summary = (
+        "The 2D Refiner baseline of XraySyn (Peng et al., AAAI 2021, Table 1): a 2D U-Net from the reprojected "
+        "backprojection FP(BP(I, T), T′) and the input I to the radiograph and bone/tissue thicknesses at the novel "
+        "pose T′, trained on the same deformation bank as the 3DPN. A baseline for scripts/xraysyn_eval.py, not a "
+        "decomposer."
+    )
+
+    def __init__(self, scene: dict, unet: dict | None = None, lr: float = 2e-4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = {"baseline": "refiner2d", "unet": dict(unet or {}), "scene": scene}
+        from cxrdecomp.methods.xraysyn.network import Refiner2D
+
+        self.net = Refiner2D(**self.model_config)
+        self.input_size = int(scene.get("view_size", 64))
+        self.inference_defaults = {"channels_last": False}
+        self.lr = lr
+
+    def _step(self, batch):
+        ang = batch["angles"]
+        with torch.no_grad():
+            x = torch.cat([self.net.scene.reproject(batch["bp"], ang[:, 1]) / 10.0, batch["log"][:, 0] / LOG_SCALE], 1)
+        y = self.net.unet(x)
+        loss = (y[:, :1] - batch["log"][:, 1] / LOG_SCALE).abs().mean() + (y[:, 1:] - batch["thickness"][:, 1] / THICKNESS_SCALE).abs().mean()
+        return loss, {"log": y[:, :1] * LOG_SCALE, "thickness": y[:, 1:] * THICKNESS_SCALE}
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["bp"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, out = self._step(batch)
+        n = batch["bp"].shape[0]
+        self.log("val/loss", loss, sync_dist=True, batch_size=n)
+        gt = {"log": batch["log"][:, 1], "thickness": batch["thickness"][:, 1]}
+        for k, val in view_metrics(out, gt).items():
+            self.log(f"val/{k}_Tn", val.mean(), sync_dist=True, prog_bar=(k == "psnr_image"), batch_size=n)
+
+    def configure_optimizers(self):
+        """Adam (β = 0.5, 0.999 as the 3DPN); learning rate cosine-annealed per step to 5 % at the end of the budget."""
+        return _cosine(self, torch.optim.Adam(self.net.unet.parameters(), lr=self.lr, betas=(0.5, 0.999)))
+
+
 def calibration_quantiles(bank, n: int = 8) -> tuple[float, float]:
     """Mean attenuation-domain image quantiles (:data:`QUANTILES`) of ``n`` training anatomies of a
     :class:`~cxrdecomp.methods.xraysyn.data.DeformationBank` at the frontal pose (the target range of
@@ -220,7 +272,8 @@ def build_data(o: Options):
 
     ct = read_ct(o.ct, o.labels, o.label_names) if o.ct is not None else example_ct()
     check_ct(ct)
-    cfg = SceneConfig(volume_size=int(o.volume_size), cube_mm=fit_cube(ct), render_size=int(o.render_size), view_size=int(o.size))
+    cfg = SceneConfig(volume_size=int(o.volume_size), cube_mm=fit_cube(ct), render_size=int(o.render_size), view_size=int(o.size),
+                      projection=o.projection)
     bank = DeformationBank(ct, cfg, n_val_anatomies=o.n_val_anatomies, seed=int(o.seed))
     cfg = bank.config = dataclasses.replace(cfg, calibration=calibration_quantiles(bank))
     train_ds = XraySynSamples(bank, o.epoch_samples, "train", o.max_angle, o.novel_angle)
@@ -237,10 +290,12 @@ def train(o: Options) -> Path:
     """
     from cxrdecomp.errors import ConfigError
 
-    if o.stage not in ("prior", "refine"):
-        raise ConfigError(f"--stage must be prior or refine, not {o.stage!r}")
+    if o.stage not in ("prior", "refine", "refiner2d"):
+        raise ConfigError(f"--stage must be prior, refine or refiner2d, not {o.stage!r}")
     if o.stage == "refine":
         return _train_refine(o)
+    if o.stage == "refiner2d":
+        return _train_refiner2d(o)
     configs = {"small": PriorNet3D.small_config(), "full": PriorNet3D.full_config()}
     if o.config not in configs:
         raise ConfigError(f"--config must be one of {sorted(configs)}, not {o.config!r}")
@@ -251,6 +306,20 @@ def train(o: Options) -> Path:
     torch.manual_seed(int(o.seed))
     train_ds, val_ds, cfg, ct = build_data(o)
     module = PriorModule(prior, cfg.to_json(), lr=o.lr, lambda_ct=o.lambda_ct, lambda_mask=o.lambda_mask, lambda_xray=o.lambda_xray)
+    train_loader, val_loader = _loaders(o, train_ds, val_ds)
+    name = "the example CT" if o.ct is None else (getattr(ct, "source", "") or str(o.ct))
+    physics = f"CT2Xray {cfg.kvp:g} kVp" if cfg.projection == "ct2xray" else f"line-integral DRRs (3DPN-DRR baseline; {cfg.kvp:g} kVp µ/ρ)"
+    desc = (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, {physics} at "
+            f"{cfg.render_size}² pooled to {cfg.view_size}², poses ±{o.max_angle:g}° (T) / ±{o.novel_angle:g}° (T′); "
+            f"{o.epoch_samples} fresh samples per epoch, validation {o.val_samples} samples of {o.n_val_anatomies} held-out anatomies")
+    return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)
+
+
+def _train_refiner2d(o: Options) -> Path:
+    """Stage refiner2d: the paper's 2D Refiner baseline on the same deformation bank and poses as the 3DPN."""
+    torch.manual_seed(int(o.seed))
+    train_ds, val_ds, cfg, ct = build_data(o)
+    module = Refiner2DModule(cfg.to_json(), lr=o.lr)
     train_loader, val_loader = _loaders(o, train_ds, val_ds)
     name = "the example CT" if o.ct is None else (getattr(ct, "source", "") or str(o.ct))
     desc = (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, CT2Xray {cfg.kvp:g} kVp at "

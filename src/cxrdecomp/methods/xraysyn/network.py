@@ -420,6 +420,46 @@ class XraySyn(nn.Module):
         return {"thickness": t, "log": self.scene.radiograph(t)}
 
 
-def build(**cfg) -> XraySyn:
-    """The registry's builder: :class:`XraySyn` from ``config.json["model"]``."""
+class Refiner2D(nn.Module):
+    """The paper's "2D Refiner" baseline (Peng et al. 2021, Table 1): view synthesis without a 3D prior.
+
+    A 2D U-Net (:class:`cxrdecomp.nn.blocks.UNet`, no output activation) maps the reprojection of the backprojected
+    input to the novel pose and the input itself, ``[FP(BP(I_in, T), T′)/10, I_in/5]`` (both ≈ ``L/5`` where the
+    view does not change), to the radiograph and the material thicknesses at T′: channels ``L/5``, ``t_bone/10``,
+    ``t_tissue/10`` (``L = −ln I``, thicknesses g/cm²). It sees the same geometry as the 3DPN but must learn the
+    anatomy's depth from 2D data alone.
+
+    :meth:`forward`: attenuation-domain radiographs ``(B, 1, h, h)`` at poses ``T (B, 2)`` → ``{"log": (B, 1, h, h),
+    "thickness": (B, 2, h, h)}`` at ``T′ (B, 2)`` (degrees). Not a decomposer: ``decompose`` refuses it.
+    """
+
+    def __init__(self, unet: dict | None = None, scene: dict | None = None, baseline: str = "refiner2d"):
+        super().__init__()
+        from cxrdecomp.methods.xraysyn.scene import Scene, SceneConfig
+        from cxrdecomp.nn.blocks import UNet
+
+        self.unet = UNet(**{"in_channels": 2, "out_channels": 3, "base": 32, "depth": 4, "dilate_from": 2,
+                            "out_activation": "none", **(unet or {})})
+        self.scene = Scene(SceneConfig.from_json(scene))
+        self.refine = None
+
+    def inputs(self, log: torch.Tensor, angles: torch.Tensor, novel: torch.Tensor) -> torch.Tensor:
+        """The network input ``(B, 2, h, h)``: ``FP(BP(L, T), T′)/10`` and ``L/5``."""
+        from cxrdecomp.methods.xraysyn.scene import LOG_SCALE
+
+        bp = self.scene.backproject(log, angles)
+        return torch.cat([self.scene.reproject(bp, novel) / 10.0, log / LOG_SCALE], 1)
+
+    def forward(self, log: torch.Tensor, angles: torch.Tensor, novel: torch.Tensor) -> dict[str, torch.Tensor]:
+        from cxrdecomp.methods.xraysyn.scene import LOG_SCALE
+
+        y = self.unet(self.inputs(log, angles, novel))
+        return {"log": y[:, :1] * LOG_SCALE, "thickness": y[:, 1:] * 10.0}
+
+
+def build(**cfg) -> nn.Module:
+    """The registry's builder: :class:`XraySyn` from ``config.json["model"]`` (:class:`Refiner2D` for the 2D
+    Refiner baseline's checkpoints, whose model config has ``"baseline": "refiner2d"``)."""
+    if cfg.get("baseline") == "refiner2d":
+        return Refiner2D(**cfg)
     return XraySyn(**cfg)

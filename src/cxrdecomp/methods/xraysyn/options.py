@@ -21,7 +21,7 @@ class Options(TrainOptions):
     """
 
     out: Path = option(Path("runs/xraysyn"), "Run folder: last.ckpt (resume), logs/, metrics.json, model/.", flag="-o")
-    stage: str = option("prior", "prior: train the 3DPN; refine: train the 2DRN on a trained, frozen 3DPN (--prior-checkpoint).")
+    stage: str = option("prior", "prior: train the 3DPN; refine: train the 2DRN on a trained, frozen 3DPN (--prior-checkpoint); refiner2d: the paper's 2D Refiner baseline.")
     prior_checkpoint: Optional[Path] = option(None, "Stage refine: the exported 3DPN model (stage prior); the exported model holds both networks.")
     ct: Optional[Path] = option(None, "CT (NIfTI, NRRD/MHA or a DICOM series folder); default: the example CT with its labels.")
     labels: Optional[Path] = option(None, "Label map of --ct (same grid), for the bone groups and lungs.")
@@ -30,6 +30,7 @@ class Options(TrainOptions):
     volume_size: int = option(64, "Voxels per side of the XraySyn cube (small: 64; the paper: 128).")
     render_size: int = option(128, "Detector pixels per side that CT2Xray renders (pooled to --size).")
     size: int = option(64, "Radiograph size the networks see (the rendering average-pooled to it).")
+    projection: str = option("ct2xray", "Radiograph model of the scene: ct2xray (polyenergetic, the paper's) or drr (line integral: the 3DPN-DRR baseline).")
     max_angle: float = option(18.0, "Input pose T: azimuth and elevation uniform in ±this many degrees (paper: 18).")
     novel_angle: float = option(18.0, "Novel pose T′ of the x-ray loss: uniform in ±this many degrees (paper: 18).")
     lambda_ct: float = option(1.0, "λ_CT on the volume L1 (HU / 5000); the paper publishes no λ's.")

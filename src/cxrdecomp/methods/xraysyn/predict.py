@@ -29,7 +29,15 @@ def frontal(x: torch.Tensor) -> torch.Tensor:
 
 def calibrated_prior(model, x: torch.Tensor):
     """Calibration ``(a, b)`` of ``x`` and the 3DPN's prediction from it (``x`` at the model's input size: the view
-    size, or the render size when the model has a 2DRN; the 3DPN sees it average-pooled to the view size)."""
+    size, or the render size when the model has a 2DRN; the 3DPN sees it average-pooled to the view size).
+
+    Raises:
+        ConfigError: the model is the 2D Refiner baseline (no 3D prior: it only scores in scripts/xraysyn_eval.py).
+    """
+    if not hasattr(model, "prior"):
+        from cxrdecomp.errors import ConfigError
+
+        raise ConfigError("this checkpoint is XraySyn's 2D Refiner baseline (scripts/xraysyn_eval.py --refiner2d), not a decomposer")
     a, b = calibrate(x, model.scene.config)
     h = model.scene.config.view_size
     small = F.adaptive_avg_pool2d(x, h) if x.shape[-1] != h else x

@@ -14,6 +14,8 @@ Everything the XraySyn method needs between a volume and a radiograph, in one pl
   transmitted fraction ``I = Σ_E w_E exp(−Σ_m µ/ρ(m, E)·t_m)`` of a ``kvp`` tube spectrum, and the
   attenuation-domain radiograph ``L = −ln I``; images are average-pooled from ``render_size²`` to
   ``view_size²`` (supersampling). The network sees ``L / LOG_SCALE`` ("display" of this scene).
+  ``projection="drr"`` replaces CT2Xray by a line-integral DRR ``L = µ/ρ_soft·(t_bone + t_tissue)`` (one material,
+  soft tissue's spectrum-weighted µ/ρ): the paper's 3DPN-DRR baseline, trained without the realistic physics.
 * **BP** (Eq. 7): the radiograph lifted into the cube along its rays
   (:func:`cxrdecomp.projector.backproject.backproject`), so that ``FP(BP(L, T), T) ≈ L``.
 * **Real radiographs** (Algorithm 1, first step): a display-domain image ``x ∈ [0, 1]`` is mapped to the
@@ -54,6 +56,7 @@ class SceneConfig:
         kvp, filtration_mm_al: the tube spectrum (SpekPy).
         calibration: ``(q_lo, q_hi)``, mean attenuation-domain body quantiles (:data:`QUANTILES`) of the training
             radiographs at the frontal pose; used by :func:`calibrate`.
+        projection: ``"ct2xray"`` (polyenergetic, Eq. 3–6) or ``"drr"`` (line integral; the 3DPN-DRR baseline).
     """
 
     volume_size: int = 64
@@ -65,8 +68,11 @@ class SceneConfig:
     kvp: float = 120.0
     filtration_mm_al: float = 2.5
     calibration: tuple[float, float] = (0.3, 2.5)
+    projection: str = "ct2xray"
 
     def __post_init__(self) -> None:
+        if self.projection not in ("ct2xray", "drr"):
+            raise InputError(f"projection must be ct2xray or drr, not {self.projection!r}")
         if self.render_size % self.view_size:
             raise InputError(f"render_size {self.render_size} must be a multiple of view_size {self.view_size}")
         if not (self.sod_mm > self.cube_mm * 0.9 and self.sod_mm < self.sdd_mm):
@@ -127,9 +133,20 @@ class Scene:
         t = torch.cat(out)
         return F.avg_pool2d(t, self.pool) if pool and self.pool > 1 else t
 
+    def reproject(self, volume: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Line integrals ``(B, 1, view, view)`` (value·cm) of a one-channel volume ``(B, 1, N, N, N)`` at ``(B, 2)``
+        angles, as :meth:`thickness` (``FP(BP(L, T), T′)`` of the 2D Refiner baseline)."""
+        if volume.ndim != 5 or volume.shape[1] != 1:
+            raise InputError(f"volume must be (B, 1, N, N, N), got {tuple(volume.shape)}")
+        return self.thickness(torch.cat([volume, torch.zeros_like(volume)], 1), angles)[:, :1]
+
     def radiograph(self, thickness: torch.Tensor) -> torch.Tensor:
         """Attenuation-domain radiograph ``L = −ln I`` ``(B, 1, H, W)`` of bone/tissue thicknesses ``(B, 2, H, W)``
-        (Eq. 4–6; tissue attenuates as ICRP soft tissue)."""
+        (Eq. 4–6; tissue attenuates as ICRP soft tissue; ``projection="drr"``: the line integral
+        ``µ/ρ_soft·(t_bone + t_tissue)``)."""
+        if self.config.projection == "drr":
+            mu = float(self.spectrum.effective_mu_rho()[self.spectrum.materials.index("soft_tissue")])
+            return mu * thickness.sum(1, keepdim=True)
         t3 = torch.cat([thickness, torch.zeros_like(thickness[:, :1])], 1)  # (bone, soft tissue, lung = 0)
         return log_image(polyenergetic_intensity(t3, self.spectrum))
 
