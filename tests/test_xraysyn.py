@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -194,3 +195,45 @@ def test_refine_stage_on_a_frozen_prior_exports_both_and_adds_up_the_compute(tmp
     assert any(p.abs().sum() > 0 for p in both.refine.rdn.tail.parameters())  # the zero-initialised residual has learnt
     d = Decomposer.from_pretrained(out)(torch.rand(70, 90))
     assert d.bone.shape == (70, 90) and torch.isfinite(d.bone).all()
+
+
+def test_drr_scene_is_a_line_integral_and_ct2xray_hardens():
+    """The 3DPN-DRR scene's radiograph is linear in the thicknesses (µ/ρ of soft tissue × total mass thickness), while
+    CT2Xray's polyenergetic image grows sublinearly (beam hardening) and weighs bone more per gram; an unknown
+    projection is refused."""
+    from cxrdecomp.errors import InputError
+
+    drr, poly = Scene(dataclasses.replace(_scene(), projection="drr")), Scene(_scene())
+    t = torch.tensor([[0.0, 10.0], [2.0, 10.0], [0.0, 20.0]]).view(3, 2, 1, 1)  # (bone, tissue) g/cm²
+    ld, lp = drr.radiograph(t).flatten(), poly.radiograph(t).flatten()
+    mu = float(drr.spectrum.effective_mu_rho()[drr.spectrum.materials.index("soft_tissue")])
+    assert torch.allclose(ld, mu * t.sum(1).flatten(), rtol=1e-6) and torch.isclose(ld[2], 2 * ld[0])
+    assert lp[2] < 0.99 * 2 * lp[0]  # hardening: 20 g/cm² attenuates less than twice 10 g/cm²
+    assert (lp[1] - lp[0]) / 2 > (ld[1] - ld[0]) / 2 * 1.2  # bone's per-gram contrast is higher in CT2Xray than in the DRR
+    with pytest.raises(InputError, match="projection must be ct2xray or drr"):
+        SceneConfig(projection="mono")
+
+
+def test_refiner2d_baseline_input_reprojects_the_backprojection(bank):
+    """The 2D Refiner's first input channel FP(BP(L, T), T′)/10 equals L/5 at T′ = T (within 10 % mean at 16³) and moves with T′;
+    its checkpoints build through the registry's builder and are refused as decomposers with one line."""
+    from cxrdecomp.errors import ConfigError
+    from cxrdecomp.methods.xraysyn.data import XraySynSamples
+    from cxrdecomp.methods.xraysyn.network import Refiner2D, build
+    from cxrdecomp.methods.xraysyn.predict import predict
+
+    it = XraySynSamples(bank, 1, "val", 18.0, 18.0)[0]
+    net = build(baseline="refiner2d", unet={"base": 4, "depth": 2}, scene=bank.config.to_json())
+    assert isinstance(net, Refiner2D)
+    log, t = it["log"][:1], it["angles"][:1]
+    x = net.inputs(log, t, t)
+    assert x.shape == (1, 2, 16, 16)
+    body = log > 0.05
+    err = (x[:, :1] - log / 5).abs()[body].mean() / (log / 5)[body].mean()
+    assert err < 0.1, float(err)
+    moved = net.inputs(log, t, t + torch.tensor([[15.0, 0.0]]))
+    assert (moved[:, :1] - x[:, :1]).abs().mean() > 0.1 * err * (log / 5)[body].mean() + 1e-3
+    out = net(log, t, t)
+    assert out["log"].shape == (1, 1, 16, 16) and out["thickness"].shape == (1, 2, 16, 16)
+    with pytest.raises(ConfigError, match="2D Refiner baseline"):
+        predict(net, torch.rand(1, 1, 16, 16), {})
