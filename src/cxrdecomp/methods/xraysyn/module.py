@@ -198,6 +198,108 @@ class RefineModule(MethodModule):
         return _cosine(self, torch.optim.Adam(self.net.refine.parameters(), lr=self.lr, betas=(0.5, 0.9)))
 
 
+class RealRefineModule(RefineModule):
+    """Second 2DRN phase (Eq. 13–14, the authors' ``ct2xray_real_gan_meta``): fine-tuning on real radiographs.
+
+    Starts from an exported XraySyn with a 2DRN (``--init-from``, e.g. the bundled ``xraysyn``); the 3DPN stays frozen.
+    Per real radiograph ``x`` (display domain, at the render size): calibration and 3DPN as at inference
+    (:func:`~cxrdecomp.methods.xraysyn.predict.calibrated_prior`), ``I_final`` = the 2DRN-refined rendering at the frontal
+    pose mapped back to the display domain, and a rendering at a random novel pose T′ (±``novel_angle``) that the
+    PatchGAN judges against real radiographs. Generator: ``L1(I_final, x) + 0.02·LSGAN_G + 0.005·L1(bone)``
+    (:func:`~cxrdecomp.methods.xraysyn.losses.refine_loss`); discriminator: LSGAN (Eq. 14); both Adam 1e-4-scale,
+    β = (0.5, 0.9), constant LR. Validation: input-view reconstruction PSNR/SSIM of held-out radiographs, beside the
+    3DPN alone (its projection upsampled).
+    """
+
+    def __init__(self, init_from: str, lr: float = 1e-4, novel_angle: float = 9.0):
+        from cxrdecomp import checkpoint
+        from cxrdecomp.errors import ConfigError
+        from cxrdecomp.methods.xraysyn.network import PatchDiscriminator
+
+        cfg = checkpoint.load_config(init_from)
+        if cfg.get("method") != "xraysyn" or not (cfg.get("model") or {}).get("refine"):
+            raise ConfigError(f"--stage real needs --init-from an XraySyn model with a 2DRN (--stage refine), not {init_from}")
+        MethodModule.__init__(self)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model_config = cfg["model"]
+        self.net = XraySyn(**self.model_config)
+        self.net.prior.requires_grad_(False)
+        self.disc = PatchDiscriminator(**PatchDiscriminator.full_config())
+        self.input_size = int(self.model_config["scene"]["render_size"])
+        self.inference_defaults = {"w": 1.0, "w_s": 1.0, "channels_last": False}
+        self.lr, self.novel_angle = lr, float(novel_angle)
+
+    def _render(self, x):
+        from cxrdecomp.methods.xraysyn.predict import calibrated_prior, frontal
+        from cxrdecomp.methods.xraysyn.scene import uncalibrate
+
+        with torch.no_grad():
+            a, b, pred = calibrated_prior(self.net, x)
+            novel = (torch.rand(x.shape[0], 2, device=x.device) * 2 - 1) * self.novel_angle
+            t0, tn = (self.net.render(pred, ang)["thickness"] for ang in (frontal(x), novel))
+        show = lambda t: uncalibrate(self.net.scene.radiograph(t.clamp(min=0)), a, b)  # noqa: E731
+        ref0, refn = self.net.refine(t0, x), self.net.refine(tn, x)
+        return {"final": show(ref0), "novel": show(refn), "bone_ref": ref0[:, :1], "bone_ct": t0[:, :1],
+                "prior": show(self.net.refine.upsample(t0))}
+
+    def training_step(self, batch, batch_idx):
+        from cxrdecomp.methods.xraysyn.losses import lsgan_d_loss, refine_loss
+
+        opt_g, opt_d = self.optimizers()
+        x = batch["image"]
+        r = self._render(x)
+        loss, parts = refine_loss(r["final"], x, self.disc(r["novel"]), bone_ref=r["bone_ref"], bone_target=r["bone_ct"])
+        opt_g.zero_grad()
+        self.manual_backward(loss)
+        opt_g.step()
+        d_loss = lsgan_d_loss(self.disc(x), self.disc(r["novel"].detach()))
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        n = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/d_loss", d_loss, batch_size=n)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, batch_size=n)
+
+    def validation_step(self, batch, batch_idx):
+        x = batch["image"]
+        r = self._render(x)
+        n = x.shape[0]
+        for tag, img in (("", r["final"]), ("prior_", r["prior"])):
+            m = metrics.image_metrics(img.clamp(0, 1), x, data_range=1.0, with_ms_ssim=False)
+            self.log(f"val/{tag}psnr_input_view", m["psnr"].mean(), sync_dist=True, prog_bar=not tag, batch_size=n)
+            self.log(f"val/{tag}ssim_input_view", m["ssim"].mean(), sync_dist=True, batch_size=n)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.net.prior.eval()
+        return MethodModule.on_train_batch_start(self, batch, batch_idx)
+
+    def configure_optimizers(self):
+        """Adam (β = 0.5, 0.9 as the paper) for the 2DRN and the discriminator; constant LR."""
+        return [torch.optim.Adam(self.net.refine.parameters(), lr=self.lr, betas=(0.5, 0.9)),
+                torch.optim.Adam(self.disc.parameters(), lr=self.lr, betas=(0.5, 0.9))]
+
+
+class RealRadiographs(torch.utils.data.Dataset):
+    """Real radiographs of a folder (PNG, or its ``cxr/``) as ``{"image": (1, S, S)}`` display domain, held in memory."""
+
+    def __init__(self, files, size: int):
+        import numpy as np
+
+        from cxrdecomp.data.pairs import read_gray01
+
+        self.files = list(files)
+        self.images = torch.from_numpy(np.stack([read_gray01(f, size) for f in self.files]))[:, None]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i]}
+
+
 class Refiner2DModule(MethodModule):
     """LightningModule of the paper's 2D Refiner baseline (:class:`~cxrdecomp.methods.xraysyn.network.Refiner2D`).
 
@@ -290,8 +392,10 @@ def train(o: Options) -> Path:
     """
     from cxrdecomp.errors import ConfigError
 
-    if o.stage not in ("prior", "refine", "refiner2d"):
-        raise ConfigError(f"--stage must be prior, refine or refiner2d, not {o.stage!r}")
+    if o.stage not in ("prior", "refine", "real", "refiner2d"):
+        raise ConfigError(f"--stage must be prior, refine, real or refiner2d, not {o.stage!r}")
+    if o.stage == "real":
+        return _train_real(o)
     if o.stage == "refine":
         return _train_refine(o)
     if o.stage == "refiner2d":
@@ -313,6 +417,31 @@ def train(o: Options) -> Path:
             f"{cfg.render_size}² pooled to {cfg.view_size}², poses ±{o.max_angle:g}° (T) / ±{o.novel_angle:g}° (T′); "
             f"{o.epoch_samples} fresh samples per epoch, validation {o.val_samples} samples of {o.n_val_anatomies} held-out anatomies")
     return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)
+
+
+def _train_real(o: Options) -> Path:
+    """Stage real: the 2DRN fine-tuned on the real radiographs of ``o.data`` (the last tenth held out for validation)."""
+    from cxrdecomp.errors import ConfigError, DataNotFoundError
+    from cxrdecomp.data.loaders import make_loader
+
+    if o.init_from is None:
+        raise ConfigError("--stage real needs --init-from an XraySyn model with a 2DRN (e.g. xraysyn)")
+    if o.data is None:
+        raise ConfigError("--stage real needs --data: a folder of real radiographs (PNG, or one with cxr/), e.g. bse-jsrt/train")
+    folder = Path(o.data) / "cxr" if (Path(o.data) / "cxr").is_dir() else Path(o.data)
+    files = sorted(folder.glob("*.png"))
+    if len(files) < 4:
+        raise DataNotFoundError(f"--data {o.data}: {len(files)} PNG radiographs found, need at least 4")
+    torch.manual_seed(int(o.seed))
+    module = RealRefineModule(str(o.init_from), lr=o.lr, novel_angle=o.novel_angle)
+    n_val = max(1, len(files) // 10)
+    size = module.input_size
+    train_ds, val_ds = RealRadiographs(files[:-n_val], size), RealRadiographs(files[-n_val:], size)
+    train_loader = make_loader(train_ds, o.batch_size, shuffle=True, num_workers=o.num_workers, drop_last=True)
+    val_loader = make_loader(val_ds, o.batch_size, shuffle=False, num_workers=o.num_workers)
+    desc = (f"{len(train_ds)} real radiographs of {folder} (validation: its last {n_val}) at {size}², the 2DRN fine-tuned with "
+            f"L1 at the input view + 0.02·LSGAN on novel views (±{o.novel_angle:g}°), the 3DPN frozen")
+    return fit(module, train_loader, val_loader, o, data_description=desc)
 
 
 def _train_refiner2d(o: Options) -> Path:

@@ -21,7 +21,7 @@ class Options(TrainOptions):
     """
 
     out: Path = option(Path("runs/xraysyn"), "Run folder: last.ckpt (resume), logs/, metrics.json, model/.", flag="-o")
-    stage: str = option("prior", "prior: train the 3DPN; refine: train the 2DRN on a trained, frozen 3DPN (--prior-checkpoint); refiner2d: the paper's 2D Refiner baseline.")
+    stage: str = option("prior", "prior: train the 3DPN; refine: train the 2DRN on a trained, frozen 3DPN (--prior-checkpoint); real: fine-tune the 2DRN on real radiographs (--data, --init-from a refine model; L1 + LSGAN); refiner2d: the paper's 2D Refiner baseline.")
     prior_checkpoint: Optional[Path] = option(None, "Stage refine: the exported 3DPN model (stage prior); the exported model holds both networks.")
     ct: Optional[Path] = option(None, "CT (NIfTI, NRRD/MHA or a DICOM series folder); default: the example CT with its labels.")
     labels: Optional[Path] = option(None, "Label map of --ct (same grid), for the bone groups and lungs.")
