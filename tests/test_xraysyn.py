@@ -196,6 +196,23 @@ def test_refine_stage_on_a_frozen_prior_exports_both_and_adds_up_the_compute(tmp
     d = Decomposer.from_pretrained(out)(torch.rand(70, 90))
     assert d.bone.shape == (70, 90) and torch.isfinite(d.bone).all()
 
+    # --stage real: the 2DRN fine-tuned on (here synthetic) radiographs; the 3DPN stays frozen, the discriminator is
+    # not exported, and the lineage adds the refine run's compute
+    from PIL import Image
+
+    (tmp_path / "real").mkdir()
+    for i in range(5):
+        Image.fromarray((np.random.default_rng(i).random((80, 80)) * 255).astype(np.uint8)).save(tmp_path / "real" / f"r{i}.png")
+    with pytest.raises(ConfigError, match="needs --init-from"):
+        train(Options(out=tmp_path / "x0", stage="real", data=tmp_path / "real", **common))
+    real = train(Options(out=tmp_path / "real_run", stage="real", data=tmp_path / "real", init_from=str(out), lr=1e-3, **common))
+    rcfg = json.loads((real / "config.json").read_text())
+    assert rcfg["model"] == cfg["model"] and "val/psnr_input_view" in rcfg["metrics"] and "val/prior_psnr_input_view" in rcfg["metrics"]
+    assert [r["checkpoint"] for r in rcfg["training"]["lineage"]][:2] == [str(prior), str(out)]
+    fine, _ = methods.load(real)
+    assert all(torch.equal(v, fine.prior.state_dict()[k]) for k, v in both.prior.state_dict().items())
+    assert any(not torch.equal(v, fine.refine.state_dict()[k]) for k, v in both.refine.state_dict().items())
+
 
 def test_drr_scene_is_a_line_integral_and_ct2xray_hardens():
     """The 3DPN-DRR scene's radiograph is linear in the thicknesses (µ/ρ of soft tissue × total mass thickness), while

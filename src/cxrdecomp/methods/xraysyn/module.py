@@ -69,6 +69,11 @@ class PriorModule(MethodModule):
         self.inference_defaults = {"w": 1.0, "w_s": 1.0, "channels_last": False}  # 3-D convolutions: no channels-last
         self.lr = lr
         self.weights = PriorWeights(ct=lambda_ct, mask=lambda_mask, xray=lambda_xray)
+        if scene.get("projection") == "drr":
+            self.card_summary = (
+                "The 3DPN-DRR baseline of XraySyn (Peng et al., AAAI 2021, Table 1): the 3D prior network trained on "
+                "line-integral DRRs instead of polyenergetic CT2Xray, to measure what the realistic physics adds "
+                "(scripts/xraysyn_eval.py --drr).")
 
     def _step(self, batch):
         ang, log, th = batch["angles"], batch["log"], batch["thickness"]
