@@ -216,6 +216,14 @@ class RealRefineModule(RefineModule):
     3DPN alone (its projection upsampled).
     """
 
+    card_summary = (
+        "XraySyn (Peng et al., AAAI 2021): the 3D prior network (3DPN, Eq. 8–10) and the 2D refinement network (2DRN, "
+        "Eq. 11–14) trained on the deformation bank of a CT rendered by polyenergetic cone-beam CT2Xray, then the 2DRN "
+        "fine-tuned on real radiographs (L1 + LSGAN, the paper's second phase). Input: a frontal chest radiograph; output: "
+        "refined bone and tissue thicknesses at any pose, novel views (`cxrdecomp views`) and, by reversing CT2Xray "
+        "(Algorithm 1), a bone-suppressed image."
+    )
+
     def __init__(self, init_from: str, lr: float = 1e-4, novel_angle: float = 9.0):
         from cxrdecomp import checkpoint
         from cxrdecomp.errors import ConfigError
