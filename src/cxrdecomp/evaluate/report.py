@@ -113,7 +113,8 @@ def _trained_on(cfg: dict) -> str:
     if cfg.get("method") in ("dae", "bsdiff"):
         return "BSE-JSRT pairs"
     if cfg.get("method") == "xraysyn":
-        return "CT deformation bank (CT2Xray)" + (" + 2DRN" if (cfg.get("model") or {}).get("refine") else "")
+        real = " on BSE-JSRT radiographs (L1 + LSGAN)" if o.get("stage") == "real" else ""
+        return "CT deformation bank (CT2Xray)" + (" + 2DRN" + real if (cfg.get("model") or {}).get("refine") else "")
     src = "CT simulation" if o.get("online") else "stored CT simulation"
     return src + (" + BSE-JSRT lung fields" if o.get("real_pairs") else "")
 
