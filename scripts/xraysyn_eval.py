@@ -75,8 +75,7 @@ def main(argv=None) -> int:
     if a.drr:
         baselines["3DPN-DRR"] = _drr_baseline(a.drr, scene, methods)
     if a.refiner2d:
-        r2d, _ = methods.load(a.refiner2d)
-        baselines["2D Refiner"] = lambda log, t_in, t_out: r2d(log, t_in, t_out)
+        baselines["2D Refiner"] = methods.load(a.refiner2d)[0]  # f(log, T, T′) -> {"log", "thickness"}
     rows = {"3DPN": [], **{k: [] for k in baselines}, "identity": [], "constant prior": []}
     with torch.no_grad():
         for i in range(a.samples):

@@ -123,3 +123,19 @@ class XraySynSamples(Dataset):
         r = self.scene.render(hu[None].expand(2, -1, -1, -1, -1), mask[None].expand(2, -1, -1, -1, -1), ang, high_res=self.high_res)
         bp = self.scene.backproject(r["log"][:1], ang[:1])[0]
         return {"bp": bp, "hu": hu, "mask": mask, "angles": ang, **r, "index": torch.tensor(g)}
+
+
+class RealRadiographs(Dataset):
+    """Real radiographs of a folder (PNG, or its ``cxr/``) as ``{"image": (1, S, S)}`` display domain, held in memory."""
+
+    def __init__(self, files, size: int):
+        from cxrdecomp.data.pairs import read_gray01
+
+        self.files = list(files)
+        self.images = torch.from_numpy(np.stack([read_gray01(f, size) for f in self.files]))[:, None]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i]}

@@ -113,7 +113,16 @@ class PriorModule(MethodModule):
         return _cosine(self, torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.999)))
 
 
-class RefineModule(MethodModule):
+class _Float16Export(MethodModule):
+    """Modules exporting both networks (3DPN + 2DRN): weights stored as float16."""
+
+    def export_config(self, metrics, training):
+        cfg = super().export_config(metrics, training)
+        cfg["dtype"] = "float16"  # 3DPN-S + 2DRN-S: 5.0 M parameters, 10 MB instead of 20
+        return cfg
+
+
+class RefineModule(_Float16Export):
     """LightningModule of the 2DRN (Eq. 11–13) on a frozen, trained 3DPN (first training phase: simulated radiographs).
 
     Per view v ∈ {T, T′}: ``t_ref = R(t_CT^v, I_in)`` with ``t_CT^v`` the 3DPN's projection at the view size and ``I_in``
@@ -150,11 +159,6 @@ class RefineModule(MethodModule):
         self.input_size = int(cfg["model"]["scene"]["render_size"])
         self.inference_defaults = {"w": 1.0, "w_s": 1.0, "channels_last": False}
         self.lr, self.style_gamma = lr, float(style_gamma)
-
-    def export_config(self, metrics, training):
-        cfg = super().export_config(metrics, training)
-        cfg["dtype"] = "float16"  # 3DPN-S + 2DRN-S: 5.0 M parameters, 10 MB instead of 20
-        return cfg
 
     def on_train_batch_start(self, batch, batch_idx):
         self.net.prior.eval()  # frozen, BatchNorm statistics included
@@ -203,7 +207,7 @@ class RefineModule(MethodModule):
         return _cosine(self, torch.optim.Adam(self.net.refine.parameters(), lr=self.lr, betas=(0.5, 0.9)))
 
 
-class RealRefineModule(RefineModule):
+class RealRefineModule(_Float16Export):
     """Second 2DRN phase (Eq. 13–14, the authors' ``ct2xray_real_gan_meta``): fine-tuning on real radiographs.
 
     Starts from an exported XraySyn with a 2DRN (``--init-from``, e.g. the bundled ``xraysyn``); the 3DPN stays frozen.
@@ -216,6 +220,7 @@ class RealRefineModule(RefineModule):
     3DPN alone (its projection upsampled).
     """
 
+    method = "xraysyn"
     card_summary = (
         "XraySyn (Peng et al., AAAI 2021): the 3D prior network (3DPN, Eq. 8–10) and the 2D refinement network (2DRN, "
         "Eq. 11–14) trained on the deformation bank of a CT rendered by polyenergetic cone-beam CT2Xray, then the 2DRN "
@@ -232,7 +237,7 @@ class RealRefineModule(RefineModule):
         cfg = checkpoint.load_config(init_from)
         if cfg.get("method") != "xraysyn" or not (cfg.get("model") or {}).get("refine"):
             raise ConfigError(f"--stage real needs --init-from an XraySyn model with a 2DRN (--stage refine), not {init_from}")
-        MethodModule.__init__(self)
+        super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model_config = cfg["model"]
@@ -286,31 +291,13 @@ class RealRefineModule(RefineModule):
             self.log(f"val/{tag}ssim_input_view", m["ssim"].mean(), sync_dist=True, batch_size=n)
 
     def on_train_batch_start(self, batch, batch_idx):
-        self.net.prior.eval()
-        return MethodModule.on_train_batch_start(self, batch, batch_idx)
+        self.net.prior.eval()  # frozen, BatchNorm statistics included
+        return super().on_train_batch_start(batch, batch_idx)
 
     def configure_optimizers(self):
         """Adam (β = 0.5, 0.9 as the paper) for the 2DRN and the discriminator; constant LR."""
         return [torch.optim.Adam(self.net.refine.parameters(), lr=self.lr, betas=(0.5, 0.9)),
                 torch.optim.Adam(self.disc.parameters(), lr=self.lr, betas=(0.5, 0.9))]
-
-
-class RealRadiographs(torch.utils.data.Dataset):
-    """Real radiographs of a folder (PNG, or its ``cxr/``) as ``{"image": (1, S, S)}`` display domain, held in memory."""
-
-    def __init__(self, files, size: int):
-        import numpy as np
-
-        from cxrdecomp.data.pairs import read_gray01
-
-        self.files = list(files)
-        self.images = torch.from_numpy(np.stack([read_gray01(f, size) for f in self.files]))[:, None]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i]}
 
 
 class Refiner2DModule(MethodModule):
@@ -342,7 +329,7 @@ class Refiner2DModule(MethodModule):
     def _step(self, batch):
         ang = batch["angles"]
         with torch.no_grad():
-            x = torch.cat([self.net.scene.reproject(batch["bp"], ang[:, 1]) / 10.0, batch["log"][:, 0] / LOG_SCALE], 1)
+            x = self.net.inputs_from_bp(batch["bp"], batch["log"][:, 0], ang[:, 1])
         y = self.net.unet(x)
         loss = (y[:, :1] - batch["log"][:, 1] / LOG_SCALE).abs().mean() + (y[:, 1:] - batch["thickness"][:, 1] / THICKNESS_SCALE).abs().mean()
         return loss, {"log": y[:, :1] * LOG_SCALE, "thickness": y[:, 1:] * THICKNESS_SCALE}
@@ -424,18 +411,23 @@ def train(o: Options) -> Path:
     train_ds, val_ds, cfg, ct = build_data(o)
     module = PriorModule(prior, cfg.to_json(), lr=o.lr, lambda_ct=o.lambda_ct, lambda_mask=o.lambda_mask, lambda_xray=o.lambda_xray)
     train_loader, val_loader = _loaders(o, train_ds, val_ds)
+    return fit(module, train_loader, val_loader, o, data_description=_bank_description(o, cfg, ct), use_distributed_sampler=False)
+
+
+def _bank_description(o: Options, cfg: SceneConfig, ct) -> str:
+    """The model card's data line of a run on a CT's deformation bank (stages prior and refiner2d)."""
     name = "the example CT" if o.ct is None else (getattr(ct, "source", "") or str(o.ct))
     physics = f"CT2Xray {cfg.kvp:g} kVp" if cfg.projection == "ct2xray" else f"line-integral DRRs (3DPN-DRR baseline; {cfg.kvp:g} kVp µ/ρ)"
-    desc = (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, {physics} at "
+    return (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, {physics} at "
             f"{cfg.render_size}² pooled to {cfg.view_size}², poses ±{o.max_angle:g}° (T) / ±{o.novel_angle:g}° (T′); "
             f"{o.epoch_samples} fresh samples per epoch, validation {o.val_samples} samples of {o.n_val_anatomies} held-out anatomies")
-    return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)
 
 
 def _train_real(o: Options) -> Path:
     """Stage real: the 2DRN fine-tuned on the real radiographs of ``o.data`` (the last tenth held out for validation)."""
     from cxrdecomp.errors import ConfigError, DataNotFoundError
     from cxrdecomp.data.loaders import make_loader
+    from cxrdecomp.methods.xraysyn.data import RealRadiographs
 
     if o.init_from is None:
         raise ConfigError("--stage real needs --init-from an XraySyn model with a 2DRN (e.g. xraysyn)")
@@ -463,11 +455,7 @@ def _train_refiner2d(o: Options) -> Path:
     train_ds, val_ds, cfg, ct = build_data(o)
     module = Refiner2DModule(cfg.to_json(), lr=o.lr)
     train_loader, val_loader = _loaders(o, train_ds, val_ds)
-    name = "the example CT" if o.ct is None else (getattr(ct, "source", "") or str(o.ct))
-    desc = (f"deformation bank of {name} in a {cfg.cube_mm:.0f} mm cube at {cfg.volume_size}³, CT2Xray {cfg.kvp:g} kVp at "
-            f"{cfg.render_size}² pooled to {cfg.view_size}², poses ±{o.max_angle:g}° (T) / ±{o.novel_angle:g}° (T′); "
-            f"{o.epoch_samples} fresh samples per epoch, validation {o.val_samples} samples of {o.n_val_anatomies} held-out anatomies")
-    return fit(module, train_loader, val_loader, o, data_description=desc, use_distributed_sampler=False)
+    return fit(module, train_loader, val_loader, o, data_description=_bank_description(o, cfg, ct), use_distributed_sampler=False)
 
 
 def _loaders(o: Options, train_ds, val_ds):

@@ -445,9 +445,12 @@ class Refiner2D(nn.Module):
 
     def inputs(self, log: torch.Tensor, angles: torch.Tensor, novel: torch.Tensor) -> torch.Tensor:
         """The network input ``(B, 2, h, h)``: ``FP(BP(L, T), T′)/10`` and ``L/5``."""
+        return self.inputs_from_bp(self.scene.backproject(log, angles), log, novel)
+
+    def inputs_from_bp(self, bp: torch.Tensor, log: torch.Tensor, novel: torch.Tensor) -> torch.Tensor:
+        """:meth:`inputs` from the backprojection ``bp (B, 1, N, N, N)`` (``Scene.backproject``) already made."""
         from cxrdecomp.methods.xraysyn.scene import LOG_SCALE
 
-        bp = self.scene.backproject(log, angles)
         return torch.cat([self.scene.reproject(bp, novel) / 10.0, log / LOG_SCALE], 1)
 
     def forward(self, log: torch.Tensor, angles: torch.Tensor, novel: torch.Tensor) -> dict[str, torch.Tensor]:
